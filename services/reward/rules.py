@@ -1,0 +1,342 @@
+"""Reward rules for the R1-Searcher protocol: answer extraction, EM / CEM / F1, format checks, stage presets.
+
+Contract
+--------
+* Pure functions, no I/O, no model or tokenizer: the caller passes text, gets numbers back.
+* ``response`` is the model's response text only, documents inserted by the rollout worker included, *without*
+  the prompt. The R1-Searcher prompt ends with ``<think>`` and the model continues from there, so a well-formed
+  response contains no ``<think>`` of its own and exactly one ``</think>``. The seed's reward servers count tags
+  on exactly this text (they cut the decoded sequence at the prompt's ``...<think>``;
+  R1-Searcher train/reward_server_llama_stage1.py ``get_qa``, l.123-125), so this module counts tags on
+  ``response`` as given and never prepends the prompt's ``<think>``.
+* ``golden_answers`` is a non-empty list of aliases; every metric is the maximum over the aliases (the seed
+  scores a single answer string; with one alias the two agree).
+* ``score`` returns a :class:`ScoreResult`. ``em``, ``cem`` and ``f1`` are reported for every preset (0 when
+  the answer tags are missing); ``reward`` follows the preset; ``format_ok`` is the preset's own format
+  condition (see :func:`score`); ``num_searches`` counts completed non-empty queries.
+
+What this module does not know: tokenizers, EOS handling, the prompt template, which dataset an item came from,
+gRPC, and any protocol other than R1-Searcher's (ReSearch / Search-R1 rules would be further presets).
+
+Source of the rules: R1-Searcher (github.com/RUCAIBox/R1-Searcher), files
+``train/reward_server_llama_stage1.py`` (stage 1 as run for Llama), ``train/reward_server_llama_stage2.py``
+(stage 2 as run for Llama) and ``train/reward_server_qwen_zero.py`` (stricter stage-2 format checks, penalty -2
+as in the paper). Line numbers below refer to those files at commit 631167c.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from searchrl.protocol import R1_SEARCHER
+
+# --- Protocol tags (R1-Searcher) -------------------------------------------------------------------------------
+
+# One source of truth for the tags: the protocol object the rollout worker formats with.
+THINK_OPEN = R1_SEARCHER.think_open
+THINK_CLOSE = R1_SEARCHER.think_close
+ANSWER_OPEN = R1_SEARCHER.answer_open
+ANSWER_CLOSE = R1_SEARCHER.answer_close
+QUERY_OPEN = R1_SEARCHER.query_open
+QUERY_CLOSE = R1_SEARCHER.query_close
+DOCS_OPEN = R1_SEARCHER.docs_open
+DOCS_CLOSE = R1_SEARCHER.docs_close
+
+# The rollout inserts documents as "<|end_of_query|>\n\n<|begin_of_documents|>\n(1)doc\n(2)doc\n...
+# <|end_of_documents|>\n\n" (R1-Searcher OpenRLHF-RAG/openrlhf/trainer/ppo_utils/experience_maker.py l.1207).
+# The reward servers check that these seven counts are all equal, which also catches a retrieval that returned
+# nothing (the seed then inserts "None" instead of "(1)...") and documents the model wrote itself
+# (R1-Searcher reward_server_llama_stage1.py l.176-183, reward_server_llama_stage2.py l.198-205).
+_RETRIEVAL_COUNT_PATTERNS: tuple[str, ...] = (
+    DOCS_OPEN + "\n",
+    DOCS_CLOSE + "\n\n",
+    QUERY_OPEN,
+    QUERY_CLOSE,
+    DOCS_OPEN,
+    DOCS_CLOSE,
+    DOCS_OPEN + "\n(1)",
+)
+
+PRESETS: tuple[str, ...] = ("r1s-stage1", "r1s-stage2")
+
+# Answers longer than this many whitespace-separated words are a stage-2 format fault
+# (R1-Searcher reward_server_qwen_zero.py l.239-241).
+MAX_ANSWER_WORDS = 10
+
+# Normalised answers that F1 refuses to credit partially (R1-Searcher reward_server_llama_stage2.py l.68-77).
+_SPECIAL_ANSWERS = frozenset({"yes", "no", "noanswer"})
+
+# string.punctuation plus typographic quotes/accents (R1-Searcher reward_server_llama_stage1.py l.29).
+_PUNCTUATION = frozenset(string.punctuation + "‘’´`")
+_ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
+_DOCUMENTS_RE = re.compile(re.escape(DOCS_OPEN) + r".*?" + re.escape(DOCS_CLOSE), flags=re.DOTALL)
+_BOOL_WORDS = {"true": "yes", "false": "no"}
+
+
+# --- Answer normalisation and metrics --------------------------------------------------------------------------
+
+
+def normalize_answer(s: str) -> str:
+    """Normalise an answer string the R1-Searcher way, then map a bare "true"/"false" to "yes"/"no".
+
+    Steps (R1-Searcher reward_server_llama_stage1.py l.21-38): ``_`` -> space, lowercase, punctuation
+    (``string.punctuation`` plus ‘ ’ ´ `) -> space, drop the words a/an/the, collapse whitespace.
+
+    The seed maps the *raw* strings "True"/"False" to "yes"/"no" before normalising (``bool_mapping``, l.41-47),
+    so "true" or "True." would stay "true" there. Here the mapping is applied to the whole *normalised* string,
+    which covers every case the seed covers ("True" -> "yes") plus the case and punctuation variants. Only a
+    whole answer is mapped: "true story" stays "true story".
+    """
+    text = s.replace("_", " ").lower()
+    text = "".join(" " if ch in _PUNCTUATION else ch for ch in text)
+    text = _ARTICLES_RE.sub(" ", text)
+    text = " ".join(text.split())
+    return _BOOL_WORDS.get(text, text)
+
+
+def extract_answer(response: str) -> str | None:
+    """Return the stripped text after the last ``<answer>`` up to the next ``</answer>``; None without both tags.
+
+    Mirrors R1-Searcher ``extract_answer_math`` (reward_server_llama_stage1.py l.81-82) together with its
+    missing-tag test (l.164): None when either tag is absent anywhere in the response. If the last ``<answer>``
+    has no ``</answer>`` after it (while one appears earlier), the seed takes everything after the last
+    ``<answer>``; so does this function. Such a response is a format fault in both stages anyway.
+    """
+    if ANSWER_OPEN not in response or ANSWER_CLOSE not in response:
+        return None
+    return response.split(ANSWER_OPEN)[-1].split(ANSWER_CLOSE)[0].strip()
+
+
+def _check_golds(golds: Sequence[str]) -> None:
+    if isinstance(golds, str):
+        raise TypeError("golds must be a sequence of strings, not a single string")
+    if len(golds) == 0:
+        raise ValueError("golds must contain at least one golden answer")
+
+
+def exact_match(pred: str | None, golds: Sequence[str]) -> float:
+    """1.0 when the normalised prediction equals some normalised gold, else 0.0 (0.0 for ``pred=None``).
+
+    R1-Searcher ``exact_match_score`` (reward_server_llama_stage1.py l.57-60), maximised over aliases.
+    """
+    _check_golds(golds)
+    if pred is None:
+        return 0.0
+    p = normalize_answer(pred)
+    return 1.0 if any(p == normalize_answer(g) for g in golds) else 0.0
+
+
+def cover_exact_match(pred: str | None, golds: Sequence[str]) -> float:
+    """Cover EM: 1.0 when every token of some normalised gold is among the normalised prediction's tokens.
+
+    Order and contiguity are ignored (R1-Searcher ``cover_exact_match_score_1``, reward_server_llama_stage1.py
+    l.49-55). Tokens come from ``str.split(" ")`` as in the seed, so an empty normalised gold ([""]) is covered
+    only by an empty normalised prediction.
+    """
+    _check_golds(golds)
+    if pred is None:
+        return 0.0
+    pred_tokens = normalize_answer(pred).split(" ")
+    for gold in golds:
+        if all(tok in pred_tokens for tok in normalize_answer(gold).split(" ")):
+            return 1.0
+    return 0.0
+
+
+def _f1_single(pred_norm: str, gold_norm: str) -> float:
+    # R1-Searcher f1_score (reward_server_llama_stage2.py l.62-88): yes/no/noanswer on either side must match
+    # exactly; otherwise token-level F1 with multiset overlap.
+    if pred_norm in _SPECIAL_ANSWERS and pred_norm != gold_norm:
+        return 0.0
+    if gold_norm in _SPECIAL_ANSWERS and pred_norm != gold_norm:
+        return 0.0
+    pred_tokens = pred_norm.split()
+    gold_tokens = gold_norm.split()
+    num_same = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
+    if num_same == 0:
+        return 0.0
+    precision = num_same / len(pred_tokens)
+    recall = num_same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def f1_score(pred: str | None, golds: Sequence[str]) -> float:
+    """Token F1 between normalised prediction and gold, maximised over golds (0.0 for ``pred=None``).
+
+    0.0 when either side normalises to yes/no/noanswer and the two differ (R1-Searcher).
+    """
+    _check_golds(golds)
+    if pred is None:
+        return 0.0
+    p = normalize_answer(pred)
+    return max(_f1_single(p, normalize_answer(g)) for g in golds)
+
+
+# --- Tag accounting --------------------------------------------------------------------------------------------
+
+
+def count_searches(response: str) -> int:
+    """Number of completed, non-empty queries: ``<|begin_of_query|> q <|end_of_query|>`` with q non-blank.
+
+    Follows how the seed's rollout decides to retrieve (R1-Searcher experience_maker.py l.1142-1147): the query
+    is the text after the last ``<|begin_of_query|>`` before a ``<|end_of_query|>``, with double quotes removed
+    and whitespace collapsed; an empty query triggers no retrieval and is not counted.
+    """
+    count = 0
+    for segment in response.split(QUERY_CLOSE)[:-1]:
+        if QUERY_OPEN not in segment:
+            continue
+        query = " ".join(segment.split(QUERY_OPEN)[-1].replace('"', "").split())
+        if query:
+            count += 1
+    return count
+
+
+def _retrieval_counts_equal(response: str) -> bool:
+    counts = {response.count(p) for p in _RETRIEVAL_COUNT_PATTERNS}
+    return len(counts) == 1
+
+
+def _think_answer_counts_ok(response: str) -> bool:
+    # The prompt supplies the opening <think>, so the response must contain none, and exactly one </think>,
+    # <answer> and </answer> (R1-Searcher reward_server_llama_stage1.py l.192-198, stage2 l.211-219).
+    # "</think>" does not contain "<think>" as a substring, so plain str.count is exact.
+    return (
+        response.count(THINK_OPEN) == 0
+        and response.count(THINK_CLOSE) == 1
+        and response.count(ANSWER_OPEN) == 1
+        and response.count(ANSWER_CLOSE) == 1
+    )
+
+
+def _has_cjk_outside_documents(response: str) -> bool:
+    # CJK unified ideographs U+4E00..U+9FFF anywhere except inside retrieved documents
+    # (R1-Searcher reward_server_llama_stage2.py l.221-224).
+    outside = _DOCUMENTS_RE.sub("", response)
+    return any("\u4e00" <= ch <= "\u9fff" for ch in outside)
+
+
+# Protocol tags that must not occur inside the answer. The seed checks "begin_of_query" and
+# "begin_of_documents" (R1-Searcher reward_server_qwen_zero.py l.233-237); the closing tags and the think tags
+# are checked too, since an answer containing any of them is equally malformed.
+_TAGS_FORBIDDEN_IN_ANSWER: tuple[str, ...] = (
+    "begin_of_query",
+    "end_of_query",
+    "begin_of_documents",
+    "end_of_documents",
+    THINK_OPEN,
+    THINK_CLOSE,
+)
+
+
+def stage2_format_faults(response: str) -> list[str]:
+    """Names of the stage-2 format faults in ``response``; an empty list means the format is correct.
+
+    Faults: ``retrieval_tag_counts`` (the seven query/document tag counts differ, zero searches allowed;
+    Llama stage2 l.198-208), ``think_answer_tag_counts`` (a ``<think>``, or not exactly one ``</think>``,
+    ``<answer>``, ``</answer>``: covers missing and duplicate answer tags; Llama stage2 l.211-219),
+    ``tags_in_answer`` and ``answer_too_long`` (qwen_zero l.233-241), ``cjk_outside_documents``
+    (Llama stage2 l.221-224). The seed's Qwen-base check for the word "Assistant" (qwen_zero l.212-217) is a
+    template-leak check specific to the base-model prompt and is not included.
+    """
+    faults: list[str] = []
+    if not _retrieval_counts_equal(response):
+        faults.append("retrieval_tag_counts")
+    if not _think_answer_counts_ok(response):
+        faults.append("think_answer_tag_counts")
+    answer = extract_answer(response)
+    if answer is not None:
+        if any(tag in answer for tag in _TAGS_FORBIDDEN_IN_ANSWER):
+            faults.append("tags_in_answer")
+        if len(answer.split()) > MAX_ANSWER_WORDS:
+            faults.append("answer_too_long")
+    if _has_cjk_outside_documents(response):
+        faults.append("cjk_outside_documents")
+    return faults
+
+
+# --- Presets ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """One scored response: the preset's reward plus metrics that do not depend on the preset."""
+
+    reward: float
+    em: float
+    cem: float
+    f1: float
+    format_ok: bool
+    num_searches: int
+
+
+def score(
+    preset: str,
+    question: str,
+    response: str,
+    golden_answers: list[str],
+    *,
+    format_penalty: float = -1.0,
+) -> ScoreResult:
+    """Score one response under ``preset``.
+
+    ``r1s-stage1`` (R1-Searcher reward_server_llama_stage1.py l.156-200), reward in {-1, -0.5, 0, 0.5, 1,
+    1.5, 2}:
+      * answer part: -1 when ``<answer>`` or ``</answer>`` is missing, else +1 if CEM else -1;
+      * +0.5 when the seven query/document tag counts are all equal and >= 1 (it searched, well-formed);
+      * +0.5 when the think/answer tag counts are right (no ``<think>``, one ``</think>``/``<answer>``/
+        ``</answer>``). ``format_ok`` is this last condition.
+    ``format_penalty`` is ignored.
+
+    ``r1s-stage2`` (R1-Searcher reward_server_llama_stage2.py l.183-227): reward = F1 (0 when the answer tags
+    are missing) plus ``format_penalty`` when :func:`stage2_format_faults` finds any fault. The seed *adds*
+    the penalty to the F1 (``scores[i] = scores[i]-1``, l.226-227) rather than replacing it, so a faulty
+    response scores F1 - 1 in [-1, 0]. Default -1.0 is the Llama code; the paper (and reward_server_qwen_zero.py
+    l.249-250) uses -2. ``format_ok`` is "no fault".
+
+    ``question`` is accepted for interface stability (the seed only used it to look up the gold answer).
+    Raises ValueError naming ``preset`` for an unknown preset and ``golden_answers`` when it is empty.
+    """
+    del question  # not needed by any R1-Searcher rule
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
+    if isinstance(golden_answers, str) or len(golden_answers) == 0:
+        raise ValueError("golden_answers must be a non-empty list of strings")
+
+    pred = extract_answer(response)
+    em = exact_match(pred, golden_answers)
+    cem = cover_exact_match(pred, golden_answers)
+    f1 = f1_score(pred, golden_answers)
+    num_searches = count_searches(response)
+
+    if preset == "r1s-stage1":
+        reward = 1.0 if (pred is not None and cem == 1.0) else -1.0
+        if _retrieval_counts_equal(response) and response.count(QUERY_OPEN) >= 1:
+            reward += 0.5
+        format_ok = _think_answer_counts_ok(response)
+        if format_ok:
+            reward += 0.5
+    else:  # r1s-stage2
+        format_ok = not stage2_format_faults(response)
+        reward = f1 if format_ok else f1 + format_penalty
+
+    return ScoreResult(reward=reward, em=em, cem=cem, f1=f1, format_ok=format_ok, num_searches=num_searches)
+
+
+def score_batch(
+    preset: str,
+    items: Sequence[tuple[str, str, list[str]]],
+    *,
+    format_penalty: float = -1.0,
+) -> list[ScoreResult]:
+    """Score ``(question, response, golden_answers)`` items in order; see :func:`score` for the rules."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
+    return [
+        score(preset, question, response, golds, format_penalty=format_penalty)
+        for question, response, golds in items
+    ]

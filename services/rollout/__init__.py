@@ -1,0 +1,1 @@
+"""Rollout service: vLLM engine running the search loop (import name `searchrl_rollout`)."""

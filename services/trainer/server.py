@@ -1,0 +1,57 @@
+"""Trainer gRPC server: builds the learner and the loop, serves weights and status, runs the loop."""
+
+from __future__ import annotations
+
+import logging
+
+from searchrl import redisio
+from searchrl.config import Config
+from searchrl.grpcutil import Server, rpc
+from searchrl.models import resolve_model
+from searchrl.proto import common_pb2, trainer_pb2, trainer_pb2_grpc
+from searchrl.weightsync import WeightStore
+from searchrl_trainer.learner import Learner
+from searchrl_trainer.loop import TrainerLoop
+
+log = logging.getLogger(__name__)
+
+
+class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
+    def __init__(self, loop: TrainerLoop, store: WeightStore) -> None:
+        self.loop = loop
+        self.store = store
+
+    def GetWeights(self, request, context):  # noqa: N802 - gRPC method name (server streaming)
+        import grpc
+
+        if request.min_version < 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "min_version: must be >= 0")
+        try:
+            chunks = self.store.chunks(request.min_version)
+            first = next(chunks)
+        except LookupError as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        yield first
+        yield from chunks
+
+    @rpc("trainer")
+    def GetStatus(self, request, context):  # noqa: N802
+        st = self.loop.state
+        pub = self.store.current
+        return trainer_pb2.TrainerStatus(
+            step=st.step, done=st.done, trained_trajectories=st.trained_trajectories,
+            dropped_groups=st.dropped_groups,
+            policy=common_pb2.PolicyInfo(version=pub.version if pub else -1, weights_sha256=pub.sha256 if pub else ""))
+
+
+def serve(cfg: Config, redis_url: str) -> tuple[Server, TrainerLoop]:
+    """Build learner + loop, restore, publish, start the server; the caller runs `loop.run()`."""
+    model_path = resolve_model(cfg.model.path, cfg.model.cache_dir, cfg.run.seed)
+    store = WeightStore(cfg.trainer.weight_chunk_bytes)
+    learner = Learner(cfg.trainer, model_path, cfg.run.seed)
+    loop = TrainerLoop(cfg, learner, redisio.connect(redis_url), store)
+    loop.restore()
+    server = Server(cfg.trainer.port, cfg.trainer.metrics_port, cfg.trainer.workers)
+    server.add(trainer_pb2_grpc.add_TrainerServicer_to_server, TrainerServicer(loop, store), "searchrl.v1.Trainer")
+    server.start()
+    return server, loop

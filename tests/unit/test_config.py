@@ -1,0 +1,53 @@
+import pytest
+
+from searchrl.config import ConfigError, load_config
+
+
+def test_defaults_and_tiny_load(tmp_path):
+    cfg = load_config(None)
+    assert cfg.trainer.algo == "reinforce_pp" and cfg.rollout.top_k == 3
+    tiny = load_config("configs/tiny.yaml")
+    assert tiny.trainer.group_size == 4 and [s.reward_preset for s in tiny.trainer.stages] == ["r1s-stage1",
+                                                                                                 "r1s-stage2"]
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("trainer:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert str(f) in str(e.value) and "trainer.learning_rate" in str(e.value)
+
+
+def test_bad_value_names_key(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("rollout:\n  top_p: 2.0\n")
+    with pytest.raises(ConfigError, match=r"rollout\.top_p"):
+        load_config(f)
+
+
+def test_overrides_are_yaml_typed_and_validated(tmp_path):
+    cfg = load_config("configs/tiny.yaml", ["trainer.lr=3e-4", "trainer.bf16=true", "rollout.top_k=5"])
+    assert cfg.trainer.lr == pytest.approx(3e-4) and cfg.trainer.bf16 is True and cfg.rollout.top_k == 5
+    with pytest.raises(ConfigError, match=r"--set trainer.algo=ppo2\): trainer\.algo"):
+        load_config("configs/tiny.yaml", ["trainer.algo=ppo2"])
+    with pytest.raises(ConfigError, match="expected dotted.key=value"):
+        load_config(None, ["trainer.lr"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    f = tmp_path / "x.yaml"
+    f.write_text("trainer: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(f)
+
+
+def test_env_sets_addresses_only(monkeypatch):
+    monkeypatch.setenv("SEARCHRL_REDIS_URL", "redis://:secret@redis:6379/0")
+    monkeypatch.setenv("SEARCHRL_RETRIEVER_ADDR", "retriever:50051")
+    monkeypatch.setenv("SEARCHRL_ROLLOUT_ADDRS", "a:1,b:2")
+    cfg = load_config(None)
+    assert cfg.addresses.redis_url == "redis://:secret@redis:6379/0"
+    assert cfg.addresses.retriever == "retriever:50051" and cfg.addresses.rollout == ["a:1", "b:2"]

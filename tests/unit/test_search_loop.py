@@ -1,0 +1,90 @@
+"""The search loop's bookkeeping with a scripted engine: which tokens are masked, when rollouts end.
+(The same loop runs on real vLLM in tests/integration/test_rollout_worker.py.)"""
+
+from searchrl.protocol import R1_SEARCHER
+from searchrl_rollout.engine import GenOut, GenParams
+from searchrl_rollout.search_loop import LoopLimits, Sample, run_search_loop
+
+
+class ScriptedEngine:
+    """Plays back text segments, one per call and sample; a token is one character (ord)."""
+
+    def __init__(self, scripts: list[list[str]]):
+        self.scripts = scripts
+        self.calls: list[int] = []
+
+    def generate(self, prompts: list[list[int]], params: list[GenParams]) -> list[GenOut]:
+        self.calls.append(len(prompts))
+        outs = []
+        for prompt, p in zip(prompts, params, strict=True):
+            sid = prompt[0]
+            text = self.scripts[sid].pop(0)[: p.max_tokens]
+            stop = next((s for s in p.stop if text.endswith(s)), None)
+            finish = "length" if len(text) == p.max_tokens and stop is None else "stop"
+            outs.append(GenOut([ord(c) for c in text], [-0.1] * len(text), text, finish, stop))
+        return outs
+
+    def load_weights(self, directory: str) -> None:
+        raise NotImplementedError
+
+
+def tokenize(text: str) -> list[int]:
+    return [ord(c) for c in text]
+
+
+def run(scripts, limits=LoopLimits(top_k=2, max_searches=2, segment_tokens=200, max_response_tokens=2000)):
+    searched: list[list[str]] = []
+
+    def search(queries, k):
+        searched.append(list(queries))
+        return [[f"doc-{q}-{i}" for i in range(k)] for q in queries]
+
+    engine = ScriptedEngine(scripts)
+    samples = [Sample([i]) for i in range(len(scripts))]
+    run_search_loop(engine, search, tokenize, R1_SEARCHER, samples, limits)
+    return samples, searched, engine
+
+
+def text_where(s: Sample, m: int) -> str:
+    return "".join(chr(t) for t, k in zip(s.response_ids, s.loss_mask, strict=True) if k == m)
+
+
+def test_mask_is_zero_exactly_on_documents_and_queries_are_batched():
+    q = "<|begin_of_query|> alpha <|end_of_query|>"
+    samples, searched, engine = run([
+        [f"think {q}", "so </think><answer> x </answer>"],
+        [f"hmm <|begin_of_query|> beta <|end_of_query|>", "</think><answer> y </answer>"],
+        ["</think><answer> z </answer>"],
+    ])
+    assert searched == [["alpha", "beta"]]  # one batched search call for the round
+    assert engine.calls == [3, 2]  # one engine call per round for all active samples
+    a = samples[0]
+    docs = R1_SEARCHER.format_documents(["doc-alpha-0", "doc-alpha-1"])
+    assert text_where(a, 0) == docs
+    assert text_where(a, 1) == f"think {q}so </think><answer> x </answer>"  # the query tag stays unmasked
+    assert a.num_searches == 1 and a.finish_reason == "eos"
+    assert [lp for lp, m in zip(a.logprobs, a.loss_mask, strict=True) if m == 0] == [0.0] * len(docs)
+    assert samples[2].num_searches == 0 and 0 not in samples[2].loss_mask
+
+
+def test_empty_query_and_search_limit_end_the_rollout():
+    q = "<|begin_of_query|> k <|end_of_query|>"
+    samples, searched, _ = run([
+        ["<|begin_of_query|>  <|end_of_query|>"],
+        [q, q, q, "never reached"],
+    ])
+    assert samples[0].finish_reason == "empty_query" and samples[0].num_searches == 0
+    assert samples[1].finish_reason == "max_searches" and samples[1].num_searches == 2
+    assert searched == [["k"], ["k"]]
+
+
+def test_budget_cuts_documents_and_segments():
+    q = "<|begin_of_query|> k <|end_of_query|>"
+    limits = LoopLimits(top_k=3, max_searches=5, segment_tokens=200, max_response_tokens=len(q) + 10)
+    samples, _, _ = run([[q]], limits)
+    s = samples[0]
+    assert s.finish_reason == "length" and len(s.response_ids) == limits.max_response_tokens
+    assert s.loss_mask.count(0) == 10  # documents cut to the budget left
+    limits = LoopLimits(segment_tokens=5)
+    samples, _, _ = run([["abcdefghij"]], limits)
+    assert samples[0].finish_reason == "length" and len(samples[0].response_ids) == 5
