@@ -44,7 +44,7 @@ class Embedder:
         self.query_instruction = query_instruction
         self.passage_prefix = passage_prefix
         self.batch_size = batch_size
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        self.dim = int(self.model.get_embedding_dimension())
 
     def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
         vecs = self.model.encode(

@@ -124,11 +124,12 @@ class Learner:
     # ---- forward helpers ------------------------------------------------------------------------------------
 
     def _response_logits(self, model: torch.nn.Module, b: Batch) -> torch.Tensor:
-        out = model(input_ids=b.input_ids.to(self.device), attention_mask=b.attention_mask.to(self.device),
-                    position_ids=b.position_ids.to(self.device), use_cache=False)
         R = b.response_ids.shape[1]
-        # logits at column c predict token c+1: response token j (column P+j) comes from column P+j-1.
-        return out.logits[:, b.prompt_len - 1 : b.prompt_len - 1 + R].float()
+        # logits at column c predict token c+1: response token j (column P+j) comes from column P+j-1. Only the
+        # last R+1 columns go through the (vocabulary-wide) lm_head: prompts cost no logits memory.
+        out = model(input_ids=b.input_ids.to(self.device), attention_mask=b.attention_mask.to(self.device),
+                    position_ids=b.position_ids.to(self.device), use_cache=False, logits_to_keep=R + 1)
+        return out.logits[:, :R].float()
 
     @torch.no_grad()
     def _logprobs(self, model: torch.nn.Module, b: Batch) -> torch.Tensor:

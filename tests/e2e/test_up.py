@@ -1,0 +1,109 @@
+"""`searchrl up -c configs/tiny.yaml --steps 2`: the whole system as separate processes, end to end.
+
+Afterwards the run's persisted Redis (AOF in <run_dir>/redis) is reopened to inspect both streams."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from searchrl.models import resolve_model
+from searchrl.protocol import R1_SEARCHER
+from searchrl.records import Trajectory
+from searchrl.redisio import connect, free_port, ledger_key, redis_server_binary
+from tests.conftest import ROOT
+
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("up") / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "searchrl.cli", "up", "-c", "configs/tiny.yaml", "--steps", str(STEPS),
+         "--run-dir", str(run_dir)],
+        cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    if proc.returncode != 0:
+        logs = "\n".join(f"== {p.name}\n{p.read_text()[-3000:]}" for p in (run_dir / "logs").glob("*.log"))
+        pytest.fail(f"up failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}\n{logs}")
+    port = free_port()
+    redis = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir",
+                              str(run_dir / "redis"), "--appendonly", "yes", "--save", ""],
+                             stdout=subprocess.DEVNULL)
+    r = connect(f"redis://127.0.0.1:{port}/0")
+    for _ in range(100):
+        try:
+            r.ping()
+            break
+        except Exception:  # noqa: BLE001
+            import time
+
+            time.sleep(0.1)
+    yield run_dir, proc.stdout, r
+    redis.terminate()
+    redis.wait()
+
+
+def test_metrics_have_one_line_per_step_with_timings(run):
+    run_dir, stdout, _ = run
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2]
+    assert [m["policy_version"] for m in lines] == [1, 2]
+    for m in lines:
+        for key in ("reward_mean", "num_searches_mean", "response_len_mean", "staleness_mean", "generate_s",
+                    "retrieve_s", "reward_s", "train_s", "weight_sync_s"):
+            assert key in m and np.isfinite(m[key]), key
+        assert m["staleness_mean"] == 0.0  # max_staleness 0: on-policy
+        assert m["generate_s"] > 0 and m["train_s"] > 0
+    assert "step    1" in stdout and "done: policy v2" in stdout
+
+
+def test_rollout_workers_serve_the_trainers_final_weights(run):
+    summary = json.loads((run[0] / "summary.json").read_text())
+    t = summary["trainer"]
+    assert t["step"] == STEPS and t["version"] == STEPS
+    assert t["trained_trajectories"] == STEPS * 2 * 4
+    for w in summary["rollout"]:
+        assert w["version"] == t["version"] and w["weights_sha256"] == t["weights_sha256"] != ""
+
+
+def test_streams_flowed_and_nothing_is_pending(run):
+    _, _, r = run
+    for stream, group in (("prompts", "rollout"), ("trajectories", "trainer")):
+        assert r.xlen(stream) > 0
+        info = {g["name"].decode(): g for g in r.xinfo_groups(stream)}
+        assert info[group]["pending"] == 0, f"{stream}/{group} has pending entries"
+    assert r.scard(ledger_key("searchrl")) == STEPS * 2 * 4
+
+
+def test_loss_mask_covers_exactly_the_inserted_documents(run):
+    _, _, r = run
+    tok = AutoTokenizer.from_pretrained(resolve_model("builtin:tiny-searcher"))
+    trajs = [Trajectory.decode(f) for _, f in r.xrange("trajectories")]
+    assert trajs
+    searched = 0
+    for t in trajs:
+        mask = t.loss_mask.tolist()
+        spans, start = [], None
+        for i, m in enumerate([*mask, 1]):
+            if m == 0 and start is None:
+                start = i
+            elif m == 1 and start is not None:
+                spans.append((start, i))
+                start = None
+        assert len(spans) == t.metrics["num_searches"], t.traj_id
+        for a, b in spans:
+            text = tok.decode(t.response_ids[a:b].tolist())
+            assert text.startswith(R1_SEARCHER.after_query + R1_SEARCHER.docs_open + "\n(1)")
+            if b < len(mask) or t.finish_reason != "length":
+                assert text.endswith(R1_SEARCHER.docs_close + R1_SEARCHER.after_docs)
+            assert tok.decode(t.response_ids[:a].tolist()).endswith(R1_SEARCHER.query_close)
+        assert np.all(t.logprobs[t.loss_mask == 0] == 0)
+        assert np.all(t.logprobs[t.loss_mask == 1] <= 0)
+        searched += len(spans)
+    assert searched > 0, "no rollout searched: the tiny model should emit queries"
