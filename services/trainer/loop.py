@@ -6,7 +6,7 @@ Delivery guarantees (Redis Streams):
 - trajectories: read in consumer group `trainer` (own pending first after a restart, then XAUTOCLAIM from dead
   consumers, then new). A trajectory is acked only in the same Redis transaction that records its id in the
   ledger `<prefix>:trained` and announces the new policy version — after the optimizer step. Ids already in the
-  ledger are acked and skipped, so nothing is trained twice.
+  ledger (or in `<prefix>:dropped`) are acked and skipped, so nothing is trained twice.
 - staleness: a complete group whose oldest sample is more than `max_staleness` versions behind is dropped.
 Checkpoints (model + optimizer + step + version + data cursors) every `save_every` steps and at the end.
 """
@@ -73,6 +73,7 @@ class TrainerLoop:
         self.k_version = redisio.policy_version_key(prefix)
         self.k_ledger = redisio.ledger_key(prefix)
         self.k_outstanding = f"{prefix}:outstanding"
+        self.k_dropped = f"{prefix}:dropped"
         self.datasets = [load_qa(s.data) for s in self.tc.stages]
         self.nonce = uuid.uuid4().hex[:8]
         self.buffer: dict[str, _Group] = defaultdict(_Group)
@@ -162,7 +163,11 @@ class TrainerLoop:
 
     def _admit(self, eid: str, traj: Trajectory) -> None:
         """Buffer one trajectory; move its group to `complete` (or drop it) once it has all samples."""
-        if self.r.sismember(self.k_ledger, traj.traj_id):
+        with self.r.pipeline(transaction=False) as p:
+            p.sismember(self.k_ledger, traj.traj_id)
+            p.sismember(self.k_dropped, traj.traj_id)
+            trained, dropped = p.execute()
+        if trained or dropped:  # a redone task whose group was already trained or dropped
             DUPES.inc()
             self._ack([eid])
             return
@@ -180,6 +185,7 @@ class TrainerLoop:
             DROPPED.inc()
             self.state.dropped_groups += 1
             with self.r.pipeline(transaction=True) as p:
+                p.sadd(self.k_dropped, *[t.traj_id for _, t in group.entries.values()])
                 p.xack(self.cfg.streams.trajectories, GROUP, *[e for e, _ in group.entries.values()])
                 p.hdel(self.k_outstanding, traj.task_id)
                 p.execute()
