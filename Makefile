@@ -1,26 +1,34 @@
 PY ?= python
 PROTOS := $(wildcard proto/searchrl/proto/*.proto)
+STAMP := .setup.stamp
 
-.PHONY: setup proto test test-slow lint up demo bench clean
+.PHONY: setup proto test test-all test-slow lint up bench clean
 
-setup:  ## install the project with the CPU engines and dev tools
-	bash scripts/install-cpu.sh
+$(STAMP): pyproject.toml scripts/install-cpu.sh
+	PY=$(PY) bash scripts/install-cpu.sh
+	touch $(STAMP)
+
+setup: $(STAMP)  ## install the project with the CPU engines and dev tools (once; redone when pyproject changes)
 
 proto:  ## regenerate searchrl/proto/*_pb2*.py from proto/ (never edit the output)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
 
-test:
+test: $(STAMP)  ## the default test suite (what CI runs)
 	$(PY) -m pytest -q
 
-test-slow:
+test-slow: $(STAMP)  ## slow suites only
 	$(PY) -m pytest -q -m slow
 
 lint:
 	ruff check . && ruff format --check .
 
-up:
+up: $(STAMP)  ## the main job on the embedded defaults: 3 steps of the tiny config
 	searchrl up -c configs/tiny.yaml --steps 3
 
-bench:
-	$(PY) bench/reward_throughput.py
+bench: $(STAMP)
+	$(PY) bench/trajectory_codec.py
+	$(PY) bench/retriever_batching.py
 	$(PY) bench/weight_sync.py
+
+clean:
+	rm -rf runs $(STAMP)

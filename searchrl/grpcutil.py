@@ -29,7 +29,9 @@ _CHANNEL_OPTIONS = [
 ]
 
 RPC_SECONDS = Histogram("searchrl_rpc_seconds", "Server-side RPC latency", ["service", "method"])
-RPC_ERRORS = Counter("searchrl_rpc_errors_total", "RPCs answered with an error status", ["service", "method", "code"])
+RPC_ERRORS = Counter(
+    "searchrl_rpc_errors_total", "RPCs answered with an error status", ["service", "method", "code"]
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -100,10 +102,14 @@ class Server:
             start_http_server(self.metrics_port)
         self.grpc.start()
         self.set_serving(serving)
-        log.info("gRPC on :%d, metrics on :%d (%s)", self.port, self.metrics_port, ", ".join(self._service_names))
+        log.info(
+            "gRPC on :%d, metrics on :%d (%s)", self.port, self.metrics_port, ", ".join(self._service_names)
+        )
 
     def set_serving(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ["", *self._service_names]:
             self.health.set(name, status)
 

@@ -41,9 +41,16 @@ class Stack:
     def env(self) -> dict[str, str]:
         a = self.cfg.addresses
         env = dict(os.environ)
-        env.update({"SEARCHRL_REDIS_URL": a.redis_url or "", "SEARCHRL_RETRIEVER_ADDR": a.retriever,
-                    "SEARCHRL_REWARD_ADDR": a.reward, "SEARCHRL_TRAINER_ADDR": a.trainer,
-                    "SEARCHRL_ROLLOUT_ADDRS": ",".join(a.rollout), "PYTHONUNBUFFERED": "1"})
+        env.update(
+            {
+                "SEARCHRL_REDIS_URL": a.redis_url or "",
+                "SEARCHRL_RETRIEVER_ADDR": a.retriever,
+                "SEARCHRL_REWARD_ADDR": a.reward,
+                "SEARCHRL_TRAINER_ADDR": a.trainer,
+                "SEARCHRL_ROLLOUT_ADDRS": ",".join(a.rollout),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         return env
 
     def start_service(self, name: str, config_path: Path, extra: list[str] | None = None) -> subprocess.Popen:
@@ -52,8 +59,9 @@ class Stack:
         log_file = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
         self.log_files.append(log_file)
         cmd = [sys.executable, "-m", "searchrl.cli", "serve", name, "-c", str(config_path), *(extra or [])]
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=self.env(),
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=log_file, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True
+        )
         self.procs[name] = proc
         return proc
 
@@ -102,10 +110,13 @@ def rollout_status(address: str) -> rollout_pb2.RolloutStatus:
 
 def _print_step(line: str) -> None:
     m = json.loads(line)
-    print(f"step {m['step']:>4}  v{m['policy_version']:<4} reward {m['reward_mean']:+.3f}  "
-          f"searches {m['num_searches_mean']:.2f}  len {m['response_len_mean']:.0f}  "
-          f"stale {m['staleness_mean']:.2f}  gen {m['generate_s']:.1f}s  ret {m['retrieve_s']:.2f}s  "
-          f"rew {m['reward_s']:.2f}s  train {m['train_s']:.1f}s  sync {m['weight_sync_s']:.2f}s", flush=True)
+    print(
+        f"step {m['step']:>4}  v{m['policy_version']:<4} reward {m['reward_mean']:+.3f}  "
+        f"searches {m['num_searches_mean']:.2f}  len {m['response_len_mean']:.0f}  "
+        f"stale {m['staleness_mean']:.2f}  gen {m['generate_s']:.1f}s  ret {m['retrieve_s']:.2f}s  "
+        f"rew {m['reward_s']:.2f}s  train {m['train_s']:.1f}s  sync {m['weight_sync_s']:.2f}s",
+        flush=True,
+    )
 
 
 def up(cfg: Config, startup_timeout: float = 900.0, sync_timeout: float = 300.0) -> int:
@@ -126,14 +137,18 @@ def up(cfg: Config, startup_timeout: float = 900.0, sync_timeout: float = 300.0)
             stack.start_service(name, config_path)
         t0 = time.monotonic()
         wait_serving(stack.addresses().values(), startup_timeout, alive=lambda: not stack.dead())
-        print(f"all services healthy after {time.monotonic() - t0:.0f}s; training {cfg.trainer.max_steps} steps",
-              flush=True)
+        print(
+            f"all services healthy after {time.monotonic() - t0:.0f}s; training {cfg.trainer.max_steps} steps",
+            flush=True,
+        )
         _follow(stack, cfg, run_dir / "metrics.jsonl")
         final = trainer_status(cfg.addresses.trainer).policy.version
         _wait_rollouts(stack, cfg, final, sync_timeout)
         _write_summary(cfg, run_dir / "summary.json")
-        print(f"done: policy v{final} on the trainer and every rollout worker; metrics in {run_dir}/metrics.jsonl",
-              flush=True)
+        print(
+            f"done: policy v{final} on the trainer and every rollout worker; metrics in {run_dir}/metrics.jsonl",
+            flush=True,
+        )
         return 0
     except KeyboardInterrupt:
         interrupted = True
@@ -190,9 +205,23 @@ def _write_summary(cfg: Config, path: Path) -> None:
     rollouts = []
     for a in cfg.addresses.rollout:
         st = rollout_status(a)
-        rollouts.append({"address": a, "version": st.policy.version, "weights_sha256": st.policy.weights_sha256,
-                         "tasks_done": st.tasks_done, "trajectories_written": st.trajectories_written})
-    summary = {"trainer": {"step": t.step, "version": t.policy.version, "weights_sha256": t.policy.weights_sha256,
-                           "trained_trajectories": t.trained_trajectories, "dropped_groups": t.dropped_groups},
-               "rollout": rollouts}
+        rollouts.append(
+            {
+                "address": a,
+                "version": st.policy.version,
+                "weights_sha256": st.policy.weights_sha256,
+                "tasks_done": st.tasks_done,
+                "trajectories_written": st.trajectories_written,
+            }
+        )
+    summary = {
+        "trainer": {
+            "step": t.step,
+            "version": t.policy.version,
+            "weights_sha256": t.policy.weights_sha256,
+            "trained_trajectories": t.trained_trajectories,
+            "dropped_groups": t.dropped_groups,
+        },
+        "rollout": rollouts,
+    }
     path.write_text(json.dumps(summary, indent=1))

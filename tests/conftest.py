@@ -35,6 +35,7 @@ def tiny_config(tmp_path) -> Config:
     """configs/tiny.yaml with paths made absolute and the run dir in tmp_path."""
     return tiny_config_at(tmp_path / "run")
 
+
 def tiny_config_at(run_dir: Path) -> Config:
     cfg = load_config(ROOT / "configs" / "tiny.yaml")
     cfg.run.run_dir = str(run_dir)

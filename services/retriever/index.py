@@ -34,8 +34,15 @@ META_FILE = "meta.json"
 class Embedder:
     """sentence-transformers encoder with an optional query instruction / passage prefix (bge, e5)."""
 
-    def __init__(self, path: str, name: str, query_instruction: str = "", passage_prefix: str = "",
-                 device: str = "cpu", batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        path: str,
+        name: str,
+        query_instruction: str = "",
+        passage_prefix: str = "",
+        device: str = "cpu",
+        batch_size: int = 64,
+    ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
@@ -48,7 +55,10 @@ class Embedder:
 
     def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
         vecs = self.model.encode(
-            texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
             show_progress_bar=progress,
         )
         return np.ascontiguousarray(vecs, dtype=np.float32)
@@ -60,7 +70,9 @@ class Embedder:
         texts = [self.passage_prefix + p.embed_text() for p in passages]
         chunks = []
         step = max(self.batch_size * 8, 1)
-        for i in tqdm(range(0, len(texts), step), desc="embedding passages", unit="chunk", disable=not progress):
+        for i in tqdm(
+            range(0, len(texts), step), desc="embedding passages", unit="chunk", disable=not progress
+        ):
             chunks.append(self.encode(texts[i : i + step]))
         return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
 
@@ -93,13 +105,18 @@ class DenseIndex:
     def save(self, directory: str | Path) -> None:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(faiss.index_gpu_to_cpu(self.index) if self.device == "cuda" else self.index,
-                          str(d / INDEX_FILE))
+        faiss.write_index(
+            faiss.index_gpu_to_cpu(self.index) if self.device == "cuda" else self.index, str(d / INDEX_FILE)
+        )
         with (d / PASSAGES_FILE).open("w") as f:
             for p in self.passages:
                 f.write(json.dumps({"id": p.id, "title": p.title, "text": p.text}) + "\n")
-        meta = {"embedder": self.embedder_name, "fingerprint": self.fingerprint, "num_passages": len(self.passages),
-                "dim": self.index.d}
+        meta = {
+            "embedder": self.embedder_name,
+            "fingerprint": self.fingerprint,
+            "num_passages": len(self.passages),
+            "dim": self.index.d,
+        }
         (d / META_FILE).write_text(json.dumps(meta, indent=1))
 
     @staticmethod
@@ -121,13 +138,17 @@ class DenseIndex:
         if not meta_path.is_file():
             return False
         meta = json.loads(meta_path.read_text())
-        return meta.get("embedder") == embedder_name and meta.get("fingerprint") == corpus_fingerprint(passages)
+        return meta.get("embedder") == embedder_name and meta.get("fingerprint") == corpus_fingerprint(
+            passages
+        )
 
     def to_device(self, device: str) -> DenseIndex:
         """Move the index onto all GPUs when asked for (`cuda`) or available (`auto`)."""
         ngpu = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
         if device == "cuda" and ngpu == 0:
-            raise RuntimeError("retriever.device: cuda requested but FAISS sees no GPU (install faiss-gpu-cu12)")
+            raise RuntimeError(
+                "retriever.device: cuda requested but FAISS sees no GPU (install faiss-gpu-cu12)"
+            )
         if ngpu > 0 and device in ("auto", "cuda"):
             co = faiss.GpuMultipleClonerOptions()
             co.useFloat16 = True

@@ -19,25 +19,34 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServicer):
     @rpc("retriever")
     def Search(self, request, context):  # noqa: N802 - gRPC method name
         hits = self.retriever.search(list(request.queries), request.top_k)
-        return retriever_pb2.SearchResponse(results=[
-            retriever_pb2.QueryResult(passages=[
-                common_pb2.Passage(id=p.id, title=p.title, text=p.text, score=s) for p, s in row
-            ]) for row in hits
-        ])
+        return retriever_pb2.SearchResponse(
+            results=[
+                retriever_pb2.QueryResult(
+                    passages=[
+                        common_pb2.Passage(id=p.id, title=p.title, text=p.text, score=s) for p, s in row
+                    ]
+                )
+                for row in hits
+            ]
+        )
 
     @rpc("retriever")
     def Info(self, request, context):  # noqa: N802
         idx = self.retriever.index
-        return retriever_pb2.InfoResponse(num_passages=len(idx.passages), dim=idx.index.d,
-                                          embedder=idx.embedder_name, device=idx.device)
+        return retriever_pb2.InfoResponse(
+            num_passages=len(idx.passages), dim=idx.index.d, embedder=idx.embedder_name, device=idx.device
+        )
 
 
 def serve(cfg: Config) -> Server:
     """Start the retriever server (returns once serving; call `.grpc.wait_for_termination()` to block)."""
     retriever = open_retriever(cfg, progress=True)
     server = Server(cfg.retriever.port, cfg.retriever.metrics_port, cfg.retriever.workers)
-    server.add(retriever_pb2_grpc.add_RetrieverServicer_to_server, RetrieverServicer(retriever),
-               "searchrl.v1.Retriever")
+    server.add(
+        retriever_pb2_grpc.add_RetrieverServicer_to_server,
+        RetrieverServicer(retriever),
+        "searchrl.v1.Retriever",
+    )
     server.start()
     log.info("retriever ready: %d passages, device %s", len(retriever.index.passages), retriever.index.device)
     return server

@@ -42,12 +42,19 @@ def device_for(cfg: Config) -> str:
 
 def make_embedder(cfg: Config) -> Embedder:
     rc = cfg.retriever
-    return Embedder(resolve_embedder(rc.embedder), rc.embedder, rc.query_instruction, rc.passage_prefix,
-                    device=device_for(cfg), batch_size=rc.embed_batch_size)
+    return Embedder(
+        resolve_embedder(rc.embedder),
+        rc.embedder,
+        rc.query_instruction,
+        rc.passage_prefix,
+        device=device_for(cfg),
+        batch_size=rc.embed_batch_size,
+    )
 
 
-def build_index(cfg: Config, embedder: Embedder | None = None, force: bool = False,
-                progress: bool = True) -> tuple[DenseIndex, Embedder]:
+def build_index(
+    cfg: Config, embedder: Embedder | None = None, force: bool = False, progress: bool = True
+) -> tuple[DenseIndex, Embedder]:
     """Load the saved index when it matches corpus+embedder, else embed the corpus and save it."""
     embedder = embedder or make_embedder(cfg)
     passages = load_corpus(cfg.retriever.corpus)
@@ -65,8 +72,9 @@ def build_index(cfg: Config, embedder: Embedder | None = None, force: bool = Fal
 class Retriever:
     """Validated batched search. Thread-safe (FAISS search and the encoder are guarded by one lock)."""
 
-    def __init__(self, index: DenseIndex, embedder: Embedder, max_batch: int, max_top_k: int,
-                 max_query_chars: int) -> None:
+    def __init__(
+        self, index: DenseIndex, embedder: Embedder, max_batch: int, max_top_k: int, max_query_chars: int
+    ) -> None:
         self.index = index
         self.embedder = embedder
         self.max_batch = max_batch

@@ -21,9 +21,13 @@ def read_items(stream: TextIO) -> list[ScoreInput]:
             golds = obj["golden_answers"]
             if isinstance(golds, str):
                 golds = [golds]
-            items.append(ScoreInput(str(obj.get("question", "")), str(obj["response"]), [str(g) for g in golds]))
+            items.append(
+                ScoreInput(str(obj.get("question", "")), str(obj["response"]), [str(g) for g in golds])
+            )
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"stdin line {lineno}: expected {{question, response, golden_answers}}: {e!r}") from None
+            raise ValueError(
+                f"stdin line {lineno}: expected {{question, response, golden_answers}}: {e!r}"
+            ) from None
     return items
 
 
@@ -31,6 +35,17 @@ def score_stream(preset: str, inp: TextIO = sys.stdin, out: TextIO = sys.stdout)
     items = read_items(inp)
     scorer = RewardScorer(max_batch=max(len(items), 1), max_response_chars=10**9)
     for r in scorer.score(preset, items):
-        out.write(json.dumps({"reward": r.reward, "em": r.em, "cem": r.cem, "f1": r.f1,
-                              "format_ok": r.format_ok, "num_searches": r.num_searches}) + "\n")
+        out.write(
+            json.dumps(
+                {
+                    "reward": r.reward,
+                    "em": r.em,
+                    "cem": r.cem,
+                    "f1": r.f1,
+                    "format_ok": r.format_ok,
+                    "num_searches": r.num_searches,
+                }
+            )
+            + "\n"
+        )
     return len(items)

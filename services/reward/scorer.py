@@ -34,14 +34,17 @@ class RewardScorer:
             raise InvalidArgument("items", f"{len(items)} items exceed the limit of {self.max_batch}")
         for i, it in enumerate(items):
             if len(it.response) > self.max_response_chars:
-                raise InvalidArgument(f"items[{i}].response",
-                                      f"has {len(it.response)} chars, limit {self.max_response_chars}")
+                raise InvalidArgument(
+                    f"items[{i}].response", f"has {len(it.response)} chars, limit {self.max_response_chars}"
+                )
             if not it.golden_answers or not any(g.strip() for g in it.golden_answers):
                 raise InvalidArgument(f"items[{i}].golden_answers", "needs at least one non-empty answer")
 
     def score(self, preset: str, items: list[ScoreInput]) -> list[ScoreResult]:
         self.validate(preset, items)
-        out = [score(preset, it.question, it.response, [g for g in it.golden_answers if g.strip()])
-               for it in items]
+        out = [
+            score(preset, it.question, it.response, [g for g in it.golden_answers if g.strip()])
+            for it in items
+        ]
         SCORED.labels(preset).inc(len(out))
         return out

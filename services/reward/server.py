@@ -16,10 +16,19 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
     def Score(self, request, context):  # noqa: N802 - gRPC method name
         items = [ScoreInput(i.question, i.response, list(i.golden_answers)) for i in request.items]
         results = self.scorer.score(request.preset, items)
-        return reward_pb2.ScoreResponse(scores=[
-            reward_pb2.ItemScore(reward=r.reward, em=r.em, cem=r.cem, f1=r.f1, format_ok=r.format_ok,
-                                 num_searches=r.num_searches) for r in results
-        ])
+        return reward_pb2.ScoreResponse(
+            scores=[
+                reward_pb2.ItemScore(
+                    reward=r.reward,
+                    em=r.em,
+                    cem=r.cem,
+                    f1=r.f1,
+                    format_ok=r.format_ok,
+                    num_searches=r.num_searches,
+                )
+                for r in results
+            ]
+        )
 
 
 def serve(cfg: Config) -> Server:

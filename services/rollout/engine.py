@@ -44,21 +44,43 @@ class VllmEngine:
     """vLLM offline engine. Construct in the main process of a `__main__`-guarded program (the engine core is a
     spawned subprocess)."""
 
-    def __init__(self, model_path: str, dtype: str, max_model_len: int, gpu_memory_utilization: float,
-                 kv_cache_gib: int, enforce_eager: bool, seed: int) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str,
+        max_model_len: int,
+        gpu_memory_utilization: float,
+        kv_cache_gib: int,
+        enforce_eager: bool,
+        seed: int,
+    ) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
         from vllm import LLM
 
-        self.llm = LLM(model=model_path, dtype=dtype, max_model_len=max_model_len, enforce_eager=enforce_eager,
-                       gpu_memory_utilization=gpu_memory_utilization, seed=seed, enable_prefix_caching=True)
+        self.llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            enforce_eager=enforce_eager,
+            gpu_memory_utilization=gpu_memory_utilization,
+            seed=seed,
+            enable_prefix_caching=True,
+        )
 
     def generate(self, prompts: list[list[int]], params: list[GenParams]) -> list[GenOut]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         sps = [
-            SamplingParams(max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p, stop=p.stop,
-                           include_stop_str_in_output=True, logprobs=0, seed=p.seed)
+            SamplingParams(
+                max_tokens=p.max_tokens,
+                temperature=p.temperature,
+                top_p=p.top_p,
+                stop=p.stop,
+                include_stop_str_in_output=True,
+                logprobs=0,
+                seed=p.seed,
+            )
             for p in params
         ]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], sps, use_tqdm=False)

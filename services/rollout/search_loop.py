@@ -63,8 +63,14 @@ def _append(sample: Sample, ids: list[int], mask: int, logprobs: list[float] | N
     sample.logprobs.extend(logprobs if logprobs is not None else [0.0] * len(ids))
 
 
-def run_search_loop(engine: Engine, search: SearchFn, tokenize: TokenizeFn, protocol: Protocol,
-                    samples: list[Sample], limits: LoopLimits) -> LoopTimings:
+def run_search_loop(
+    engine: Engine,
+    search: SearchFn,
+    tokenize: TokenizeFn,
+    protocol: Protocol,
+    samples: list[Sample],
+    limits: LoopLimits,
+) -> LoopTimings:
     timings = LoopTimings()
     active = [s for s in samples if not s.done]
     while active:
@@ -73,8 +79,11 @@ def run_search_loop(engine: Engine, search: SearchFn, tokenize: TokenizeFn, prot
         for s in active:
             budget = limits.max_response_tokens - len(s.response_ids)
             seed = None if s.seed is None else s.seed + 7919 * timings.rounds
-            params.append(GenParams(min(limits.segment_tokens, budget), limits.temperature, limits.top_p,
-                                    protocol.stop, seed))
+            params.append(
+                GenParams(
+                    min(limits.segment_tokens, budget), limits.temperature, limits.top_p, protocol.stop, seed
+                )
+            )
         t0 = time.perf_counter()
         outs = engine.generate([s.prompt_ids + s.response_ids for s in active], params)
         timings.generate_s += time.perf_counter() - t0
@@ -116,12 +125,21 @@ def run_search_loop(engine: Engine, search: SearchFn, tokenize: TokenizeFn, prot
     return timings
 
 
-def build_prompt_ids(tokenizer, protocol: Protocol, question: str, chat_template: bool,  # noqa: ANN001
-                     system_prompt: str = "") -> list[int]:
+def build_prompt_ids(
+    tokenizer,
+    protocol: Protocol,
+    question: str,
+    chat_template: bool,  # noqa: ANN001
+    system_prompt: str = "",
+) -> list[int]:
     """Token ids of the prompt: chat template + `<think>` for instruct models, the base template otherwise."""
     if chat_template and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(protocol.messages(question, system_prompt), tokenize=False,
-                                             add_generation_prompt=True) + protocol.response_prefix
+        text = (
+            tokenizer.apply_chat_template(
+                protocol.messages(question, system_prompt), tokenize=False, add_generation_prompt=True
+            )
+            + protocol.response_prefix
+        )
     else:
         text = protocol.base_prompt(question, system_prompt)
     return tokenizer.encode(text, add_special_tokens=False)

@@ -34,7 +34,10 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
         st = self.worker.state
         return rollout_pb2.RolloutStatus(
             policy=common_pb2.PolicyInfo(version=st.version, weights_sha256=st.weights_sha256),
-            consumer=self.worker.consumer, tasks_done=st.tasks_done, trajectories_written=st.trajectories_written)
+            consumer=self.worker.consumer,
+            tasks_done=st.tasks_done,
+            trajectories_written=st.trajectories_written,
+        )
 
     @rpc("rollout")
     def GetStatus(self, request, context):  # noqa: N802 - gRPC method name
@@ -52,7 +55,9 @@ def grpc_search(stub: retriever_pb2_grpc.RetrieverStub):
     """The search loop's `search(queries, k)` over the Retriever service; passages as document strings."""
 
     def search(queries: list[str], top_k: int) -> list[list[str]]:
-        resp = retrying(lambda: stub.Search(retriever_pb2.SearchRequest(queries=queries, top_k=top_k), timeout=120))
+        resp = retrying(
+            lambda: stub.Search(retriever_pb2.SearchRequest(queries=queries, top_k=top_k), timeout=120)
+        )
         return [[Passage(p.id, p.title, p.text).as_document() for p in r.passages] for r in resp.results]
 
     return search
@@ -60,9 +65,15 @@ def grpc_search(stub: retriever_pb2_grpc.RetrieverStub):
 
 def grpc_score(stub: reward_pb2_grpc.RewardStub):
     def score(preset: str, items: list[ScoreInput]) -> list[ScoreResult]:
-        req = reward_pb2.ScoreRequest(preset=preset, items=[
-            reward_pb2.ScoreItem(question=i.question, response=i.response, golden_answers=i.golden_answers)
-            for i in items])
+        req = reward_pb2.ScoreRequest(
+            preset=preset,
+            items=[
+                reward_pb2.ScoreItem(
+                    question=i.question, response=i.response, golden_answers=i.golden_answers
+                )
+                for i in items
+            ],
+        )
         resp = retrying(lambda: stub.Score(req, timeout=120))
         return [ScoreResult(s.reward, s.em, s.cem, s.f1, s.format_ok, s.num_searches) for s in resp.scores]
 
@@ -76,8 +87,15 @@ def build_worker(cfg: Config, redis_url: str) -> RolloutWorker:
 
     model_path = resolve_model(cfg.model.path, cfg.model.cache_dir, cfg.run.seed)
     rc = cfg.rollout
-    engine = VllmEngine(model_path, rc.dtype, rc.max_model_len, rc.gpu_memory_utilization, rc.kv_cache_gib,
-                        rc.enforce_eager, cfg.run.seed)
+    engine = VllmEngine(
+        model_path,
+        rc.dtype,
+        rc.max_model_len,
+        rc.gpu_memory_utilization,
+        rc.kv_cache_gib,
+        rc.enforce_eager,
+        cfg.run.seed,
+    )
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     a = cfg.addresses
     search = grpc_search(retriever_pb2_grpc.RetrieverStub(channel(a.retriever)))
@@ -93,4 +111,3 @@ def serve(cfg: Config, redis_url: str) -> tuple[Server, RolloutWorker]:
     server.add(rollout_pb2_grpc.add_RolloutServicer_to_server, RolloutServicer(worker), "searchrl.v1.Rollout")
     server.start()
     return server, worker
-

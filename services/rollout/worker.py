@@ -60,8 +60,17 @@ class WorkerState:
 
 
 class RolloutWorker:
-    def __init__(self, cfg: Config, engine: Engine, tokenizer, search, score: ScoreFn,  # noqa: ANN001
-                 pull: PullFn, r: redis.Redis, consumer: str | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        engine: Engine,
+        tokenizer,
+        search,
+        score: ScoreFn,  # noqa: ANN001
+        pull: PullFn,
+        r: redis.Redis,
+        consumer: str | None = None,
+    ) -> None:
         self.cfg = cfg
         self.engine = engine
         self.tokenizer = tokenizer
@@ -81,8 +90,9 @@ class RolloutWorker:
         self._stop = threading.Event()
         self._checked_own_pending = False
         rc = cfg.rollout
-        self.limits = LoopLimits(rc.top_k, rc.max_searches, rc.segment_tokens, rc.max_response_tokens,
-                                 rc.temperature, rc.top_p)
+        self.limits = LoopLimits(
+            rc.top_k, rc.max_searches, rc.segment_tokens, rc.max_response_tokens, rc.temperature, rc.top_p
+        )
         redisio.ensure_group(r, cfg.streams.prompts, GROUP)
 
     # ---- weights -------------------------------------------------------------------------------------------
@@ -160,7 +170,9 @@ class RolloutWorker:
             trajs = self._rollout([t for _, t in tasks], sync_s)
             with self.r.pipeline(transaction=True) as p:
                 for traj in trajs:
-                    p.xadd(self.streams.trajectories, traj.encode(), maxlen=self.streams.maxlen, approximate=True)
+                    p.xadd(
+                        self.streams.trajectories, traj.encode(), maxlen=self.streams.maxlen, approximate=True
+                    )
                 p.xack(self.streams.prompts, GROUP, *[eid for eid, _ in tasks])
                 p.execute()
         finally:
@@ -176,9 +188,12 @@ class RolloutWorker:
         rc, version = self.cfg.rollout, self.state.version
         samples: list[tuple[PromptTask, int, Sample]] = []
         for task in tasks:
-            prompt = build_prompt_ids(self.tokenizer, self.protocol, task.question, self.cfg.model.chat_template,
-                                      rc.system_prompt)[-rc.max_prompt_tokens :]
-            base_seed = zlib.crc32(f"{self.cfg.run.seed}:{task.task_id}".encode()) if rc.temperature > 0 else None
+            prompt = build_prompt_ids(
+                self.tokenizer, self.protocol, task.question, self.cfg.model.chat_template, rc.system_prompt
+            )[-rc.max_prompt_tokens :]
+            base_seed = (
+                zlib.crc32(f"{self.cfg.run.seed}:{task.task_id}".encode()) if rc.temperature > 0 else None
+            )
             for i in range(task.group_size):
                 seed = None if base_seed is None else base_seed + 104729 * i
                 samples.append((task, i, Sample(list(prompt), seed=seed)))
@@ -186,8 +201,9 @@ class RolloutWorker:
         def tokenize(text: str) -> list[int]:
             return self.tokenizer.encode(text, add_special_tokens=False)
 
-        loop = run_search_loop(self.engine, self.search, tokenize, self.protocol, [s for _, _, s in samples],
-                               self.limits)
+        loop = run_search_loop(
+            self.engine, self.search, tokenize, self.protocol, [s for _, _, s in samples], self.limits
+        )
         PHASE.labels("generate").observe(loop.generate_s)
         PHASE.labels("retrieve").observe(loop.retrieve_s)
         self.heartbeat()
@@ -197,28 +213,49 @@ class RolloutWorker:
         scores: list[ScoreResult | None] = [None] * len(samples)
         for preset in sorted({t.reward_preset for t, _, _ in samples}):
             idx = [j for j, (t, _, _) in enumerate(samples) if t.reward_preset == preset]
-            got = self.score(preset, [ScoreInput(samples[j][0].question, texts[j], samples[j][0].golden_answers)
-                                      for j in idx])
+            got = self.score(
+                preset,
+                [ScoreInput(samples[j][0].question, texts[j], samples[j][0].golden_answers) for j in idx],
+            )
             for j, sc in zip(idx, got, strict=True):
                 scores[j] = sc
         reward_s = time.perf_counter() - t0
         PHASE.labels("reward").observe(reward_s)
 
         n = len(samples)
-        share = {"generate_s": loop.generate_s / n, "retrieve_s": loop.retrieve_s / n, "reward_s": reward_s / n,
-                 "weight_sync_s": sync_s / n}
+        share = {
+            "generate_s": loop.generate_s / n,
+            "retrieve_s": loop.retrieve_s / n,
+            "reward_s": reward_s / n,
+            "weight_sync_s": sync_s / n,
+        }
         out = []
         for (task, i, s), sc in zip(samples, scores, strict=True):
             assert sc is not None
-            out.append(Trajectory(
-                traj_id=f"{task.task_id}/{i}", task_id=task.task_id, sample_index=i, group_size=task.group_size,
-                policy_version=version, prompt_ids=np.asarray(s.prompt_ids, np.int32),
-                response_ids=np.asarray(s.response_ids, np.int32), loss_mask=np.asarray(s.loss_mask, np.uint8),
-                logprobs=np.asarray(s.logprobs, np.float32), reward=float(sc.reward),
-                metrics={"em": sc.em, "cem": sc.cem, "f1": sc.f1, "format_ok": float(sc.format_ok),
-                         "num_searches": float(s.num_searches), **share},
-                finish_reason=s.finish_reason, stage=task.stage,
-            ))
+            out.append(
+                Trajectory(
+                    traj_id=f"{task.task_id}/{i}",
+                    task_id=task.task_id,
+                    sample_index=i,
+                    group_size=task.group_size,
+                    policy_version=version,
+                    prompt_ids=np.asarray(s.prompt_ids, np.int32),
+                    response_ids=np.asarray(s.response_ids, np.int32),
+                    loss_mask=np.asarray(s.loss_mask, np.uint8),
+                    logprobs=np.asarray(s.logprobs, np.float32),
+                    reward=float(sc.reward),
+                    metrics={
+                        "em": sc.em,
+                        "cem": sc.cem,
+                        "f1": sc.f1,
+                        "format_ok": float(sc.format_ok),
+                        "num_searches": float(s.num_searches),
+                        **share,
+                    },
+                    finish_reason=s.finish_reason,
+                    stage=task.stage,
+                )
+            )
         return out
 
     # ---- main loop -----------------------------------------------------------------------------------------

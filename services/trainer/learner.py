@@ -44,8 +44,16 @@ class Batch:
     prompt_len: int
 
     def rows(self, sl: slice) -> Batch:
-        return Batch(self.input_ids[sl], self.attention_mask[sl], self.position_ids[sl], self.response_ids[sl],
-                     self.mask[sl], self.behaviour_logprobs[sl], self.rewards[sl], self.prompt_len)
+        return Batch(
+            self.input_ids[sl],
+            self.attention_mask[sl],
+            self.position_ids[sl],
+            self.response_ids[sl],
+            self.mask[sl],
+            self.behaviour_logprobs[sl],
+            self.rewards[sl],
+            self.prompt_len,
+        )
 
 
 def collate(trajs: list[Trajectory], pad_id: int) -> Batch:
@@ -67,8 +75,16 @@ def collate(trajs: list[Trajectory], pad_id: int) -> Batch:
         blp[i, :r] = t.logprobs
     att_t = torch.from_numpy(att)
     pos = (att_t.cumsum(-1) - 1).clamp(min=0)
-    return Batch(torch.from_numpy(ids), att_t, pos, torch.from_numpy(resp), torch.from_numpy(mask),
-                 torch.from_numpy(blp), torch.tensor([t.reward for t in trajs], dtype=torch.float32), P)
+    return Batch(
+        torch.from_numpy(ids),
+        att_t,
+        pos,
+        torch.from_numpy(resp),
+        torch.from_numpy(mask),
+        torch.from_numpy(blp),
+        torch.tensor([t.reward for t in trajs], dtype=torch.float32),
+        P,
+    )
 
 
 def init_distributed(backend: str) -> str:
@@ -116,8 +132,9 @@ class Learner:
             "steps_per_print": 1 << 30,
             "zero_allow_untested_optimizer": True,
         }
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
-                                      weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
+        )
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         self.pad_id = int(getattr(model.config, "pad_token_id", None) or 0)
 
@@ -127,8 +144,13 @@ class Learner:
         R = b.response_ids.shape[1]
         # logits at column c predict token c+1: response token j (column P+j) comes from column P+j-1. Only the
         # last R+1 columns go through the (vocabulary-wide) lm_head: prompts cost no logits memory.
-        out = model(input_ids=b.input_ids.to(self.device), attention_mask=b.attention_mask.to(self.device),
-                    position_ids=b.position_ids.to(self.device), use_cache=False, logits_to_keep=R + 1)
+        out = model(
+            input_ids=b.input_ids.to(self.device),
+            attention_mask=b.attention_mask.to(self.device),
+            position_ids=b.position_ids.to(self.device),
+            use_cache=False,
+            logits_to_keep=R + 1,
+        )
         return out.logits[:, :R].float()
 
     @torch.no_grad()
@@ -136,7 +158,9 @@ class Learner:
         chunks = []
         for s in range(0, b.rewards.shape[0], self.micro):
             mb = b.rows(slice(s, s + self.micro))
-            chunks.append(algos.token_logprobs(self._response_logits(model, mb), mb.response_ids.to(self.device)))
+            chunks.append(
+                algos.token_logprobs(self._response_logits(model, mb), mb.response_ids.to(self.device))
+            )
         return torch.cat(chunks)
 
     # ---- the update -----------------------------------------------------------------------------------------
@@ -172,9 +196,18 @@ class Learner:
                 logp = algos.token_logprobs(logits, mb.response_ids.to(self.device))
                 ent = algos.entropy_from_logits(logits) if cfg.entropy_coef > 0 else None
                 loss, stats = algos.compute_loss(
-                    cfg.algo, logp, logp_old[sl], adv[sl], mask[sl], cfg.clip_eps, cfg.kl_coef,
-                    ref_logp[sl] if ref_logp is not None else None, entropy=ent, entropy_coef=cfg.entropy_coef,
-                    tis_weights=tis[sl] if tis is not None else None)
+                    cfg.algo,
+                    logp,
+                    logp_old[sl],
+                    adv[sl],
+                    mask[sl],
+                    cfg.clip_eps,
+                    cfg.kl_coef,
+                    ref_logp[sl] if ref_logp is not None else None,
+                    entropy=ent,
+                    entropy_coef=cfg.entropy_coef,
+                    tis_weights=tis[sl] if tis is not None else None,
+                )
                 # token-mean over the whole batch: weight each micro-batch by its token share (DeepSpeed divides
                 # the accumulated gradient by gas).
                 share = mask[sl].sum().item() / total_tokens
@@ -183,8 +216,13 @@ class Learner:
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v * share
         out = {f"loss/{k}": v for k, v in sums.items()}
-        out.update({"logprob_mismatch": mismatch, "prep_s": prep_s,
-                    "grad_norm": float(self.engine.get_global_grad_norm() or 0.0)})
+        out.update(
+            {
+                "logprob_mismatch": mismatch,
+                "prep_s": prep_s,
+                "grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
+            }
+        )
         return out
 
     # ---- export and checkpoints -----------------------------------------------------------------------------

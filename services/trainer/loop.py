@@ -62,8 +62,9 @@ class _Group:
 
 
 class TrainerLoop:
-    def __init__(self, cfg: Config, learner: Learner, r: redis.Redis, store: WeightStore,
-                 consumer: str = "trainer-0") -> None:
+    def __init__(
+        self, cfg: Config, learner: Learner, r: redis.Redis, store: WeightStore, consumer: str = "trainer-0"
+    ) -> None:
         self.cfg, self.tc = cfg, cfg.trainer
         self.learner, self.r, self.store, self.consumer = learner, r, store, consumer
         self.state = TrainerState()
@@ -102,8 +103,9 @@ class TrainerLoop:
         import torch
 
         dt = _DTYPES[self.cfg.rollout.dtype]
-        payload = serialize_state_dict(self.learner.state_dict_for_export(),
-                                       getattr(torch, dt) if dt else None, self.learner.export_skip)
+        payload = serialize_state_dict(
+            self.learner.state_dict_for_export(), getattr(torch, dt) if dt else None, self.learner.export_skip
+        )
         self.store.publish(self.state.version, payload)
 
     def publish(self) -> None:
@@ -130,15 +132,25 @@ class TrainerLoop:
             return 0
         si = self._stage()
         stage = self.tc.stages[si]
-        it = EpochIterator(self.datasets[si], self.cfg.run.seed + si,
-                           Cursor(**self.state.cursors.get(stage.name, {})))
+        it = EpochIterator(
+            self.datasets[si], self.cfg.run.seed + si, Cursor(**self.state.cursors.get(stage.name, {}))
+        )
         with self.r.pipeline(transaction=True) as p:
             for _ in range(missing):
                 epoch, pos, item = it.next()
-                task = PromptTask(f"{stage.name}:{epoch}:{pos}:{self.nonce}", item.question, item.golden_answers,
-                                  self.tc.group_size, stage.reward_preset, self.state.version, stage.name)
+                task = PromptTask(
+                    f"{stage.name}:{epoch}:{pos}:{self.nonce}",
+                    item.question,
+                    item.golden_answers,
+                    self.tc.group_size,
+                    stage.reward_preset,
+                    self.state.version,
+                    stage.name,
+                )
                 p.hset(self.k_outstanding, task.task_id, self.state.version)
-                p.xadd(self.cfg.streams.prompts, task.encode(), maxlen=self.cfg.streams.maxlen, approximate=True)
+                p.xadd(
+                    self.cfg.streams.prompts, task.encode(), maxlen=self.cfg.streams.maxlen, approximate=True
+                )
             p.execute()
         self.state.cursors[stage.name] = asdict(it.cursor)
         return missing
@@ -192,8 +204,9 @@ class TrainerLoop:
             return
         self.complete.append(group)
 
-    def gather(self, need: int, timeout_s: float | None = None,
-               stop_requested: Callable[[], bool] = lambda: False) -> list[_Group]:
+    def gather(
+        self, need: int, timeout_s: float | None = None, stop_requested: Callable[[], bool] = lambda: False
+    ) -> list[_Group]:
         """Block until `need` complete, fresh groups are buffered; keeps prompts topped up while waiting.
         Raises InterruptedError when `stop_requested()` turns true and TimeoutError after `timeout_s`."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -216,7 +229,9 @@ class TrainerLoop:
 
     # ---- one step --------------------------------------------------------------------------------------------
 
-    def step(self, timeout_s: float | None = None, stop_requested: Callable[[], bool] = lambda: False) -> dict:
+    def step(
+        self, timeout_s: float | None = None, stop_requested: Callable[[], bool] = lambda: False
+    ) -> dict:
         t_wait = time.perf_counter()
         groups = self.gather(self.tc.groups_per_step, timeout_s, stop_requested)
         wait_s = time.perf_counter() - t_wait
@@ -250,8 +265,15 @@ class TrainerLoop:
         VERSION.set(self.state.version)
         return time.perf_counter() - t0
 
-    def _metrics(self, trajs: list[Trajectory], version_before: int, stats: dict, wait_s: float,
-                 train_s: float, publish_s: float) -> dict:
+    def _metrics(
+        self,
+        trajs: list[Trajectory],
+        version_before: int,
+        stats: dict,
+        wait_s: float,
+        train_s: float,
+        publish_s: float,
+    ) -> dict:
         def mean(xs: list[float]) -> float:
             return float(np.mean(xs)) if xs else 0.0
 
@@ -286,7 +308,9 @@ class TrainerLoop:
 
     def checkpoint(self) -> None:
         t0 = time.perf_counter()
-        self.learner.save(str(self.ckpt_dir), f"step_{self.state.step}", {"trainer_state": asdict(self.state)})
+        self.learner.save(
+            str(self.ckpt_dir), f"step_{self.state.step}", {"trainer_state": asdict(self.state)}
+        )
         log.info("checkpoint step %d in %.1fs", self.state.step, time.perf_counter() - t0)
 
     # ---- the whole run ---------------------------------------------------------------------------------------
@@ -299,9 +323,16 @@ class TrainerLoop:
                 m = self.step(stop_requested=stop_requested)
                 f.write(json.dumps(m) + "\n")
                 f.flush()
-                log.info("step %d v%d reward %.3f searches %.2f len %.0f gen %.1fs train %.1fs", m["step"],
-                         m["policy_version"], m["reward_mean"], m["num_searches_mean"], m["response_len_mean"],
-                         m["generate_s"], m["train_s"])
+                log.info(
+                    "step %d v%d reward %.3f searches %.2f len %.0f gen %.1fs train %.1fs",
+                    m["step"],
+                    m["policy_version"],
+                    m["reward_mean"],
+                    m["num_searches_mean"],
+                    m["response_len_mean"],
+                    m["generate_s"],
+                    m["train_s"],
+                )
         if self.tc.save_every == 0 or self.state.step % self.tc.save_every != 0:
             self.checkpoint()
         self.state.done = True

@@ -39,9 +39,14 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         st = self.loop.state
         pub = self.store.current
         return trainer_pb2.TrainerStatus(
-            step=st.step, done=st.done, trained_trajectories=st.trained_trajectories,
+            step=st.step,
+            done=st.done,
+            trained_trajectories=st.trained_trajectories,
             dropped_groups=st.dropped_groups,
-            policy=common_pb2.PolicyInfo(version=pub.version if pub else -1, weights_sha256=pub.sha256 if pub else ""))
+            policy=common_pb2.PolicyInfo(
+                version=pub.version if pub else -1, weights_sha256=pub.sha256 if pub else ""
+            ),
+        )
 
 
 def serve(cfg: Config, redis_url: str) -> tuple[Server, TrainerLoop]:
@@ -52,6 +57,8 @@ def serve(cfg: Config, redis_url: str) -> tuple[Server, TrainerLoop]:
     loop = TrainerLoop(cfg, learner, redisio.connect(redis_url), store)
     loop.restore()
     server = Server(cfg.trainer.port, cfg.trainer.metrics_port, cfg.trainer.workers)
-    server.add(trainer_pb2_grpc.add_TrainerServicer_to_server, TrainerServicer(loop, store), "searchrl.v1.Trainer")
+    server.add(
+        trainer_pb2_grpc.add_TrainerServicer_to_server, TrainerServicer(loop, store), "searchrl.v1.Trainer"
+    )
     server.start()
     return server, loop

@@ -25,16 +25,43 @@ STEPS = 2
 def run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("up") / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "searchrl.cli", "up", "-c", "configs/tiny.yaml", "--steps", str(STEPS),
-         "--run-dir", str(run_dir)],
-        cwd=ROOT, capture_output=True, text=True, timeout=1200)
+        [
+            sys.executable,
+            "-m",
+            "searchrl.cli",
+            "up",
+            "-c",
+            "configs/tiny.yaml",
+            "--steps",
+            str(STEPS),
+            "--run-dir",
+            str(run_dir),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     if proc.returncode != 0:
         logs = "\n".join(f"== {p.name}\n{p.read_text()[-3000:]}" for p in (run_dir / "logs").glob("*.log"))
         pytest.fail(f"up failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}\n{logs}")
     port = free_port()
-    redis = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir",
-                              str(run_dir / "redis"), "--appendonly", "yes", "--save", ""],
-                             stdout=subprocess.DEVNULL)
+    redis = subprocess.Popen(
+        [
+            redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(run_dir / "redis"),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     r = connect(f"redis://127.0.0.1:{port}/0")
     for _ in range(100):
         try:
@@ -55,8 +82,17 @@ def test_metrics_have_one_line_per_step_with_timings(run):
     assert [m["step"] for m in lines] == [1, 2]
     assert [m["policy_version"] for m in lines] == [1, 2]
     for m in lines:
-        for key in ("reward_mean", "num_searches_mean", "response_len_mean", "staleness_mean", "generate_s",
-                    "retrieve_s", "reward_s", "train_s", "weight_sync_s"):
+        for key in (
+            "reward_mean",
+            "num_searches_mean",
+            "response_len_mean",
+            "staleness_mean",
+            "generate_s",
+            "retrieve_s",
+            "reward_s",
+            "train_s",
+            "weight_sync_s",
+        ):
             assert key in m and np.isfinite(m[key]), key
         assert m["staleness_mean"] == 0.0  # max_staleness 0: on-policy
         assert m["generate_s"] > 0 and m["train_s"] > 0

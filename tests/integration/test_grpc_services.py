@@ -28,8 +28,9 @@ def test_health(services):
 
 
 def test_search_finds_the_right_passage_in_batch(services):
-    resp = _retriever(services).Search(retriever_pb2.SearchRequest(
-        queries=["Saldane Press founder", "Lake Venn city"], top_k=2), timeout=30)
+    resp = _retriever(services).Search(
+        retriever_pb2.SearchRequest(queries=["Saldane Press founder", "Lake Venn city"], top_k=2), timeout=30
+    )
     assert len(resp.results) == 2 and all(len(r.passages) == 2 for r in resp.results)
     assert "Saldane Press" in resp.results[0].passages[0].title + resp.results[0].passages[0].text
     assert resp.results[1].passages[0].title == "Ostravel"
@@ -38,14 +39,17 @@ def test_search_finds_the_right_passage_in_batch(services):
     assert info.num_passages == 22 and info.dim == 384 and info.device == "cpu"
 
 
-@pytest.mark.parametrize("request_kwargs, field", [
-    ({"queries": [], "top_k": 3}, "queries"),
-    ({"queries": ["a"] * 9, "top_k": 3}, "queries"),
-    ({"queries": ["a", "  "], "top_k": 3}, "queries[1]"),
-    ({"queries": ["a"], "top_k": 0}, "top_k"),
-    ({"queries": ["a"], "top_k": 51}, "top_k"),
-    ({"queries": ["x" * 5000], "top_k": 1}, "queries[0]"),
-])
+@pytest.mark.parametrize(
+    "request_kwargs, field",
+    [
+        ({"queries": [], "top_k": 3}, "queries"),
+        ({"queries": ["a"] * 9, "top_k": 3}, "queries"),
+        ({"queries": ["a", "  "], "top_k": 3}, "queries[1]"),
+        ({"queries": ["a"], "top_k": 0}, "top_k"),
+        ({"queries": ["a"], "top_k": 51}, "top_k"),
+        ({"queries": ["x" * 5000], "top_k": 1}, "queries[0]"),
+    ],
+)
 def test_search_rejects_bad_requests(services, request_kwargs, field):
     with pytest.raises(grpc.RpcError) as e:
         _retriever(services).Search(retriever_pb2.SearchRequest(**request_kwargs), timeout=10)
@@ -55,21 +59,28 @@ def test_search_rejects_bad_requests(services, request_kwargs, field):
 
 
 def test_score_in_order(services):
-    items = [reward_pb2.ScoreItem(question="q", response="</think><answer> Tirabel </answer>",
-                                  golden_answers=["Tirabel"]),
-             reward_pb2.ScoreItem(question="q", response="</think><answer> Paris </answer>",
-                                  golden_answers=["Tirabel"])]
+    items = [
+        reward_pb2.ScoreItem(
+            question="q", response="</think><answer> Tirabel </answer>", golden_answers=["Tirabel"]
+        ),
+        reward_pb2.ScoreItem(
+            question="q", response="</think><answer> Paris </answer>", golden_answers=["Tirabel"]
+        ),
+    ]
     resp = _reward(services).Score(reward_pb2.ScoreRequest(preset="r1s-stage2", items=items), timeout=10)
     assert [s.f1 for s in resp.scores] == [1.0, 0.0]
     assert [s.reward for s in resp.scores] == [1.0, 0.0]
 
 
-@pytest.mark.parametrize("preset, items, field", [
-    ("nope", [reward_pb2.ScoreItem(response="r", golden_answers=["a"])], "preset"),
-    ("r1s-stage1", [], "items"),
-    ("r1s-stage1", [reward_pb2.ScoreItem(response="r", golden_answers=["a"])] * 5, "items"),
-    ("r1s-stage1", [reward_pb2.ScoreItem(response="r", golden_answers=[])], "items[0].golden_answers"),
-])
+@pytest.mark.parametrize(
+    "preset, items, field",
+    [
+        ("nope", [reward_pb2.ScoreItem(response="r", golden_answers=["a"])], "preset"),
+        ("r1s-stage1", [], "items"),
+        ("r1s-stage1", [reward_pb2.ScoreItem(response="r", golden_answers=["a"])] * 5, "items"),
+        ("r1s-stage1", [reward_pb2.ScoreItem(response="r", golden_answers=[])], "items[0].golden_answers"),
+    ],
+)
 def test_score_rejects_bad_requests(services, preset, items, field):
     with pytest.raises(grpc.RpcError) as e:
         _reward(services).Score(reward_pb2.ScoreRequest(preset=preset, items=items), timeout=10)

@@ -40,7 +40,9 @@ def setup(retriever_and_reward, redis_server, tmp_path_factory):
     cfg.rollout.max_response_tokens = 256
     store = WeightStore(1 << 20)
     trainer = Server(free_port(), 0, 4)
-    trainer.add(trainer_pb2_grpc.add_TrainerServicer_to_server, TrainerServicer(None, store), "searchrl.v1.Trainer")
+    trainer.add(
+        trainer_pb2_grpc.add_TrainerServicer_to_server, TrainerServicer(None, store), "searchrl.v1.Trainer"
+    )
     trainer.start()
     cfg.addresses.trainer = f"127.0.0.1:{trainer.port}"
     cfg.addresses.redis_url = redis_server.url
@@ -55,8 +57,14 @@ def start_worker(cfg, workdir, name: str) -> tuple[subprocess.Popen, str]:
     path.write_text(dump_config(c))
     env = {**os.environ, "SEARCHRL_REDIS_URL": cfg.addresses.redis_url}
     log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "searchrl.cli", "serve", "rollout", "-c", str(path)],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "searchrl.cli", "serve", "rollout", "-c", str(path)],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     addr = f"127.0.0.1:{c.rollout.port}"
     wait_serving([addr], 600, alive=lambda: proc.poll() is None)
     return proc, addr
@@ -70,8 +78,13 @@ def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
 def push_tasks(r, n: int, prefix: str) -> list[str]:
     ids = []
     for i in range(n):
-        t = PromptTask(f"{prefix}-{i}", f"In which city was Orlen Vask born? ({i})", ["Tirabel"], GROUP_SIZE,
-                       "r1s-stage1")
+        t = PromptTask(
+            f"{prefix}-{i}",
+            f"In which city was Orlen Vask born? ({i})",
+            ["Tirabel"],
+            GROUP_SIZE,
+            "r1s-stage1",
+        )
         r.xadd("prompts", t.encode())
         ids.append(t.task_id)
     return ids
@@ -142,14 +155,21 @@ def test_worker_pulls_and_serves_new_weights(setup, redis_client):
         st = stub.GetStatus(rollout_pb2.RolloutStatusRequest(), timeout=10)
         assert st.policy.weights_sha256 == pub.sha256
 
-        r.xadd("prompts", PromptTask("sync-0", "Who founded Saldane Press?", ["Orlen Vask"], 1, "r1s-stage1",
-                                     min_policy_version=1).encode())
+        r.xadd(
+            "prompts",
+            PromptTask(
+                "sync-0", "Who founded Saldane Press?", ["Orlen Vask"], 1, "r1s-stage1", min_policy_version=1
+            ).encode(),
+        )
         deadline = time.monotonic() + 120
         while not [f for _, f in r.xrange("trajectories") if Trajectory.decode(f).task_id == "sync-0"]:
             assert time.monotonic() < deadline
             time.sleep(0.2)
-        t = next(Trajectory.decode(f) for _, f in r.xrange("trajectories")
-                 if Trajectory.decode(f).task_id == "sync-0")
+        t = next(
+            Trajectory.decode(f)
+            for _, f in r.xrange("trajectories")
+            if Trajectory.decode(f).task_id == "sync-0"
+        )
         assert t.policy_version == 1
         m = t.loss_mask == 1
         prompt, resp = t.prompt_ids.tolist(), t.response_ids.tolist()

@@ -44,8 +44,19 @@ def traj(task: str, i: int, version: int, reward: float, rng: np.random.Generato
     resp = rng.integers(100, 1000, size=12).astype(np.int32)
     mask = np.ones(12, np.uint8)
     mask[4:8] = 0  # an inserted document
-    return Trajectory(f"{task}/{i}", task, i, N, version, rng.integers(100, 1000, size=6).astype(np.int32), resp,
-                      mask, np.zeros(12, np.float32), reward, {"num_searches": 1.0})
+    return Trajectory(
+        f"{task}/{i}",
+        task,
+        i,
+        N,
+        version,
+        rng.integers(100, 1000, size=6).astype(np.int32),
+        resp,
+        mask,
+        np.zeros(12, np.float32),
+        reward,
+        {"num_searches": 1.0},
+    )
 
 
 def test_loop_feeds_assembles_drops_dedups_commits_and_resumes(tiny_config, redis_client, learner_factory):
@@ -65,10 +76,16 @@ def test_loop_feeds_assembles_drops_dedups_commits_and_resumes(tiny_config, redi
     r.xadd("trajectories", traj("dead", 1, 0, -1.0, rng).encode())
     r.xreadgroup(GROUP, "trainer-old", {"trajectories": ">"}, count=10)
     r.sadd(ledger_key("searchrl"), "done/0")
-    for t in (traj("done", 0, 0, 1.0, rng), traj("a", 0, 0, 1.0, rng), traj("a", 1, 0, -1.0, rng),
-              traj("a", 1, 0, 5.0, rng)):
+    for t in (
+        traj("done", 0, 0, 1.0, rng),
+        traj("a", 0, 0, 1.0, rng),
+        traj("a", 1, 0, -1.0, rng),
+        traj("a", 1, 0, 5.0, rng),
+    ):
         r.xadd("trajectories", t.encode())
-    loop.state.version = 2  # pretend the policy moved on: version-0 groups are now 2 behind (> max_staleness 1)
+    loop.state.version = (
+        2  # pretend the policy moved on: version-0 groups are now 2 behind (> max_staleness 1)
+    )
     r.xadd("trajectories", traj("fresh", 0, 1, 1.0, rng).encode())
     r.xadd("trajectories", traj("fresh", 1, 1, -1.0, rng).encode())
     r.xadd("trajectories", traj("fresh2", 0, 2, 0.5, rng).encode())

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from searchrl_trainer import algos
 
 LN2 = math.log(2.0)

@@ -5,9 +5,21 @@ from searchrl.records import PromptTask, Trajectory
 
 
 def _traj() -> Trajectory:
-    return Trajectory("t/0", "t", 0, 4, 3, np.array([1, 2, 3], np.int32), np.array([5, 6, 7, 8], np.int32),
-                      np.array([1, 0, 0, 1], np.uint8), np.array([-0.5, 0, 0, -1.25], np.float32), 1.5,
-                      {"cem": 1.0}, "eos", "stage1")
+    return Trajectory(
+        "t/0",
+        "t",
+        0,
+        4,
+        3,
+        np.array([1, 2, 3], np.int32),
+        np.array([5, 6, 7, 8], np.int32),
+        np.array([1, 0, 0, 1], np.uint8),
+        np.array([-0.5, 0, 0, -1.25], np.float32),
+        1.5,
+        {"cem": 1.0},
+        "eos",
+        "stage1",
+    )
 
 
 def test_trajectory_roundtrip_through_bytes():

@@ -11,8 +11,13 @@ LINES = [
 
 def _score(preset: str, lines: list[dict]) -> subprocess.CompletedProcess:
     inp = "".join(json.dumps(x) + "\n" for x in lines)
-    return subprocess.run([sys.executable, "-m", "searchrl.cli", "reward", "score", "--preset", preset],
-                          input=inp, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "searchrl.cli", "reward", "score", "--preset", preset],
+        input=inp,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_scores_in_order_with_all_fields():

@@ -7,6 +7,7 @@ servers; the arithmetic is in the comments. Responses are response text only (th
 from __future__ import annotations
 
 import pytest
+
 from searchrl_reward.rules import (
     PRESETS,
     ScoreResult,

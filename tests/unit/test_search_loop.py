@@ -32,7 +32,10 @@ def tokenize(text: str) -> list[int]:
     return [ord(c) for c in text]
 
 
-def run(scripts, limits=LoopLimits(top_k=2, max_searches=2, segment_tokens=200, max_response_tokens=2000)):
+DEFAULT_LIMITS = LoopLimits(top_k=2, max_searches=2, segment_tokens=200, max_response_tokens=2000)
+
+
+def run(scripts, limits=DEFAULT_LIMITS):
     searched: list[list[str]] = []
 
     def search(queries, k):
@@ -51,11 +54,13 @@ def text_where(s: Sample, m: int) -> str:
 
 def test_mask_is_zero_exactly_on_documents_and_queries_are_batched():
     q = "<|begin_of_query|> alpha <|end_of_query|>"
-    samples, searched, engine = run([
-        [f"think {q}", "so </think><answer> x </answer>"],
-        [f"hmm <|begin_of_query|> beta <|end_of_query|>", "</think><answer> y </answer>"],
-        ["</think><answer> z </answer>"],
-    ])
+    samples, searched, engine = run(
+        [
+            [f"think {q}", "so </think><answer> x </answer>"],
+            ["hmm <|begin_of_query|> beta <|end_of_query|>", "</think><answer> y </answer>"],
+            ["</think><answer> z </answer>"],
+        ]
+    )
     assert searched == [["alpha", "beta"]]  # one batched search call for the round
     assert engine.calls == [3, 2]  # one engine call per round for all active samples
     a = samples[0]
@@ -69,10 +74,12 @@ def test_mask_is_zero_exactly_on_documents_and_queries_are_batched():
 
 def test_empty_query_and_search_limit_end_the_rollout():
     q = "<|begin_of_query|> k <|end_of_query|>"
-    samples, searched, _ = run([
-        ["<|begin_of_query|>  <|end_of_query|>"],
-        [q, q, q, "never reached"],
-    ])
+    samples, searched, _ = run(
+        [
+            ["<|begin_of_query|>  <|end_of_query|>"],
+            [q, q, q, "never reached"],
+        ]
+    )
     assert samples[0].finish_reason == "empty_query" and samples[0].num_searches == 0
     assert samples[1].finish_reason == "max_searches" and samples[1].num_searches == 2
     assert searched == [["k"], ["k"]]
