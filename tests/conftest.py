@@ -56,7 +56,7 @@ def retriever_and_reward(tmp_path_factory):
     cfg.retriever.max_batch = 8
     cfg.reward.max_batch = 4
     for section in (cfg.retriever, cfg.reward):
-        section.port, section.metrics_port = free_port(), 0
+        section.port, section.metrics_port = free_port(), free_port()
     cfg.addresses.retriever = f"127.0.0.1:{cfg.retriever.port}"
     cfg.addresses.reward = f"127.0.0.1:{cfg.reward.port}"
     ret, rew = serve_retriever(cfg), serve_reward(cfg)

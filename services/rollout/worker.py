@@ -24,6 +24,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import grpc
 import numpy as np
 import redis
 from prometheus_client import Counter, Gauge, Histogram
@@ -269,6 +270,11 @@ class RolloutWorker:
             except (redis.ConnectionError, redis.TimeoutError) as e:
                 log.warning("redis unavailable (%s); retrying", e)
                 time.sleep(1.0)
+            except grpc.RpcError as e:
+                # retriever/reward/trainer unreachable past the client retries: the batch's tasks stay pending
+                # (no heartbeat any more) and are reclaimed once idle, by this worker or another.
+                log.error("batch failed: %s %s; tasks will be retried", e.code(), e.details())
+                time.sleep(2.0)
 
     def _heartbeat_loop(self) -> None:
         period = max(self.streams.claim_idle_ms / 3000.0, 0.05)

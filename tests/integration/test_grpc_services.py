@@ -27,6 +27,26 @@ def test_health(services):
     assert is_serving(f"127.0.0.1:{services.reward.port}")
 
 
+def test_prometheus_metrics_count_requests(services):
+    import urllib.request
+
+    _reward(services).Score(
+        reward_pb2.ScoreRequest(
+            preset="r1s-stage1",
+            items=[reward_pb2.ScoreItem(question="q", response="r", golden_answers=["a"])],
+        ),
+        timeout=10,
+    )
+    _retriever(services).Search(retriever_pb2.SearchRequest(queries=["Tirabel"], top_k=1), timeout=30)
+    for port, metric in (
+        (services.reward.metrics_port, 'searchrl_reward_items_total{preset="r1s-stage1"}'),
+        (services.retriever.metrics_port, "searchrl_retriever_queries_total"),
+    ):
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        line = next(x for x in body.splitlines() if x.startswith(metric))
+        assert float(line.split()[-1]) >= 1
+
+
 def test_search_finds_the_right_passage_in_batch(services):
     resp = _retriever(services).Search(
         retriever_pb2.SearchRequest(queries=["Saldane Press founder", "Lake Venn city"], top_k=2), timeout=30
