@@ -3,6 +3,7 @@
   searchrl up -c CONFIG [--steps N] [--run-dir D] [--set key=value ...]
   searchrl serve {retriever,reward,rollout,trainer} -c CONFIG [--set ...]
   searchrl retriever build-index -c CONFIG [--force]
+  searchrl eval -c CONFIG --data FILE [--model PATH] [--mode M ...] [--limit N] [--out DIR]
   searchrl reward score --preset {r1s-stage1,r1s-stage2} < in.jsonl > out.jsonl
 Config problems exit with status 2 and a message naming the key and the file.
 """
@@ -53,6 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p_build)
     p_build.add_argument("--force", action="store_true", help="rebuild even if a current index exists")
 
+    p_eval = sub.add_parser("eval", help="greedy evaluation: no-retrieval / naive-rag / search-agent")
+    _config_args(p_eval)
+    p_eval.add_argument("--model", help="HF folder or builtin:NAME (default: model.path of the config)")
+    p_eval.add_argument("--data", required=True, help="R1-Searcher-format JSONL (question, answer)")
+    p_eval.add_argument(
+        "--mode",
+        action="append",
+        choices=["no-retrieval", "naive-rag", "search-agent"],
+        help="repeatable; default: all three",
+    )
+    p_eval.add_argument("--limit", type=int, help="first N questions only")
+    p_eval.add_argument("--out", help="directory for results.json and <mode>.jsonl (default: <run_dir>/eval)")
+
     p_rew = sub.add_parser("reward", help="reward tools")
     rew_sub = p_rew.add_subparsers(dest="action", required=True)
     p_score = rew_sub.add_parser("score", help="score JSONL from stdin, write JSONL to stdout")
@@ -94,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             from searchrl.services import serve
 
             return serve(args.service, cfg)
+        if args.command == "eval":
+            from searchrl.eval_cli import run_eval
+
+            return run_eval(cfg, args.model, args.data, args.mode, args.limit, args.out)
         if args.command == "retriever":
             from searchrl_retriever.service import build_index
 

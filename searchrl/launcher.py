@@ -119,7 +119,7 @@ def _print_step(line: str) -> None:
     )
 
 
-def up(cfg: Config, startup_timeout: float = 900.0, sync_timeout: float = 300.0) -> int:
+def up(cfg: Config, startup_timeout: float = 1800.0, sync_timeout: float = 300.0) -> int:
     run_dir = Path(cfg.run.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     assign_ports(cfg)

@@ -16,6 +16,7 @@ from pathlib import Path
 class QAItem:
     question: str
     golden_answers: list[str]
+    type: str = ""  # question type when the file gives one (single_hop, two_hop, comparison, ...)
 
 
 def parse_qa(obj: object, where: str) -> QAItem:
@@ -28,7 +29,9 @@ def parse_qa(obj: object, where: str) -> QAItem:
         golds = [golds]
     if not isinstance(golds, list) or not [g for g in golds if str(g).strip()]:
         raise ValueError(f"{where}: needs 'answer' (string or list), 'golden_answers' or reward_model target")
-    return QAItem(str(obj["question"]).strip(), [str(g) for g in golds if str(g).strip()])
+    return QAItem(
+        str(obj["question"]).strip(), [str(g) for g in golds if str(g).strip()], str(obj.get("type", ""))
+    )
 
 
 def load_qa(path: str | Path) -> list[QAItem]:

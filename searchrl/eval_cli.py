@@ -1,0 +1,64 @@
+"""Wiring for `searchrl eval`: engine, tokenizer and in-process retriever from the config, then `evaluate`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from searchrl.config import Config
+from searchrl.evaluate import MODES, evaluate, format_table, summarize, write_records
+from searchrl.models import resolve_model
+from searchrl.protocol import get_protocol
+from searchrl_rollout.search_loop import LoopLimits
+from searchrl_trainer.data import load_qa
+
+
+def run_eval(
+    cfg: Config, model: str | None, data: str, modes: list[str] | None, limit: int | None, out: str | None
+) -> int:
+    from transformers import AutoTokenizer
+
+    from searchrl_retriever.service import open_retriever
+    from searchrl_rollout.engine import VllmEngine
+
+    items = load_qa(data)[:limit] if limit else load_qa(data)
+    model_path = resolve_model(model or cfg.model.path, cfg.model.cache_dir, cfg.run.seed)
+    rc = cfg.rollout
+    retriever = open_retriever(cfg, progress=True)
+
+    def search(queries: list[str], k: int) -> list[list[str]]:
+        results: list[list[str]] = []
+        for i in range(0, len(queries), retriever.max_batch):
+            hits = retriever.search(queries[i : i + retriever.max_batch], k)
+            results.extend([p.as_document() for p, _ in row] for row in hits)
+        return results
+
+    engine = VllmEngine(
+        model_path,
+        rc.dtype,
+        rc.max_model_len,
+        rc.gpu_memory_utilization,
+        rc.kv_cache_gib,
+        rc.enforce_eager,
+        cfg.run.seed,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    limits = LoopLimits(rc.top_k, rc.max_searches, rc.segment_tokens, rc.max_response_tokens)
+    out_dir = Path(out or Path(cfg.run.run_dir) / "eval")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for mode in modes or list(MODES):
+        t0 = time.perf_counter()
+        records = evaluate(
+            engine, tokenizer, get_protocol(rc.protocol), search, items, mode, limits, cfg.model.chat_template
+        )
+        results[mode] = summarize(records)
+        results[mode]["all"]["seconds"] = time.perf_counter() - t0
+        write_records(out_dir / f"{mode}.jsonl", records)
+    (out_dir / "results.json").write_text(
+        json.dumps({"model": model_path, "data": data, "results": results}, indent=1)
+    )
+    print(format_table(results))
+    print(f"written to {out_dir}")
+    return 0

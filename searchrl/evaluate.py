@@ -1,0 +1,139 @@
+"""`searchrl eval`: greedy evaluation of a model on R1-Searcher-format questions in three modes (the seeds'
+baselines):
+
+- `no-retrieval`: the question alone; answer inside <answer></answer> (naive generation);
+- `naive-rag`: the top-k passages for the question itself placed in the prompt (standard RAG);
+- `search-agent`: the rollout protocol's search loop (the trained agent), with the retriever in process.
+
+Every mode runs through the same `run_search_loop` (without a search budget for the first two), so decoding and
+answer extraction are identical. Returns per-item records and EM / CEM / F1 / searches per question type.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from searchrl.protocol import Protocol
+from searchrl_reward.rules import cover_exact_match, exact_match, extract_answer, f1_score
+from searchrl_rollout.engine import Engine
+from searchrl_rollout.search_loop import LoopLimits, Sample, build_prompt_ids, run_search_loop
+from searchrl_trainer.data import QAItem
+
+MODES = ("no-retrieval", "naive-rag", "search-agent")
+
+_DIRECT = (
+    "Answer the question. First think briefly inside <think> </think>, then give only the final answer, a few "
+    "words, inside <answer> </answer>."
+)
+_RAG = _DIRECT + " Use the documents given with the question."
+
+
+@dataclass
+class EvalRecord:
+    question: str
+    golden_answers: list[str]
+    type: str
+    response: str
+    prediction: str | None
+    em: float
+    cem: float
+    f1: float
+    num_searches: int
+
+
+def _question_for(mode: str, item: QAItem, docs: list[str] | None) -> tuple[str, str]:
+    """(system prompt, user text) for the mode; '' system prompt = the protocol's instructions."""
+    if mode == "no-retrieval":
+        return _DIRECT, item.question
+    if mode == "naive-rag":
+        listing = "\n".join(f"({i + 1}){d}" for i, d in enumerate(docs or []))
+        return _RAG, f"Documents:\n{listing}\n\nQuestion: {item.question}"
+    return "", item.question
+
+
+def evaluate(
+    engine: Engine,
+    tokenizer,
+    protocol: Protocol,
+    search: Callable[[list[str], int], list[list[str]]],  # noqa: ANN001
+    items: list[QAItem],
+    mode: str,
+    limits: LoopLimits,
+    chat_template: bool = True,
+) -> list[EvalRecord]:
+    if mode not in MODES:
+        raise ValueError(f"--mode: unknown mode {mode!r} (known: {', '.join(MODES)})")
+    docs = search([it.question for it in items], limits.top_k) if mode == "naive-rag" else [None] * len(items)
+    samples = []
+    for it, d in zip(items, docs, strict=True):
+        system, user = _question_for(mode, it, d)
+        samples.append(Sample(build_prompt_ids(tokenizer, protocol, user, chat_template, system)))
+    greedy = LoopLimits(
+        limits.top_k,
+        limits.max_searches if mode == "search-agent" else 0,
+        limits.segment_tokens,
+        limits.max_response_tokens,
+        temperature=0.0,
+        top_p=1.0,
+    )
+    run_search_loop(
+        engine, search, lambda t: tokenizer.encode(t, add_special_tokens=False), protocol, samples, greedy
+    )
+    out = []
+    for it, s in zip(items, samples, strict=True):
+        text = tokenizer.decode(s.response_ids, skip_special_tokens=False)
+        pred = extract_answer(text)
+        out.append(
+            EvalRecord(
+                it.question,
+                it.golden_answers,
+                it.type or "all",
+                text,
+                pred,
+                exact_match(pred, it.golden_answers),
+                cover_exact_match(pred, it.golden_answers),
+                f1_score(pred, it.golden_answers),
+                s.num_searches,
+            )
+        )
+    return out
+
+
+def summarize(records: list[EvalRecord]) -> dict[str, dict[str, float]]:
+    """Mean EM / CEM / F1 / searches overall and per question type (keys 'all' and each type)."""
+    groups: dict[str, list[EvalRecord]] = defaultdict(list)
+    for r in records:
+        groups["all"].append(r)
+        if r.type != "all":
+            groups[r.type].append(r)
+    return {
+        t: {
+            "n": len(rs),
+            "em": sum(r.em for r in rs) / len(rs),
+            "cem": sum(r.cem for r in rs) / len(rs),
+            "f1": sum(r.f1 for r in rs) / len(rs),
+            "searches": sum(r.num_searches for r in rs) / len(rs),
+        }
+        for t, rs in groups.items()
+    }
+
+
+def format_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
+    lines = [f"{'mode':<14}{'type':<12}{'n':>5}{'EM':>8}{'CEM':>8}{'F1':>8}{'searches':>10}"]
+    for mode, by_type in results.items():
+        for t, m in by_type.items():
+            lines.append(
+                f"{mode:<14}{t:<12}{m['n']:>5}{m['em']:>8.3f}{m['cem']:>8.3f}{m['f1']:>8.3f}"
+                f"{m['searches']:>10.2f}"
+            )
+    return "\n".join(lines)
+
+
+def write_records(path: Path, records: list[EvalRecord]) -> None:
+    with path.open("w") as f:
+        for r in records:
+            f.write(json.dumps(asdict(r)) + "\n")
