@@ -3,6 +3,7 @@
   searchrl up -c CONFIG [--steps N] [--run-dir D] [--set key=value ...]
   searchrl serve {retriever,reward,rollout,trainer} -c CONFIG [--set ...]
   searchrl retriever build-index -c CONFIG [--force]
+  searchrl demo [-c configs/demo-cpu.yaml] [--steps N] [--minutes M]
   searchrl eval -c CONFIG --data FILE [--model PATH] [--mode M ...] [--limit N] [--out DIR]
   searchrl reward score --preset {r1s-stage1,r1s-stage2} < in.jsonl > out.jsonl
 Config problems exit with status 2 and a message naming the key and the file.
@@ -54,9 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p_build)
     p_build.add_argument("--force", action="store_true", help="rebuild even if a current index exists")
 
+    p_demo = sub.add_parser("demo", help="CPU demo: evaluate, train two stages on the bundled world, report")
+    p_demo.add_argument("-c", "--config", default="configs/demo-cpu.yaml")
+    p_demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p_demo.add_argument("--steps", type=int, help="training steps (default: the config's trainer.max_steps)")
+    p_demo.add_argument("--minutes", type=float, help="training time budget (trainer.max_minutes)")
+    p_demo.add_argument("--eval-questions", type=int, default=100, help="held-out questions per evaluation")
+    p_demo.add_argument("--run-dir", help="default: <run.run_dir>/demo-<time>")
+
     p_eval = sub.add_parser("eval", help="greedy evaluation: no-retrieval / naive-rag / search-agent")
     _config_args(p_eval)
-    p_eval.add_argument("--model", help="HF folder or builtin:NAME (default: model.path of the config)")
+    p_eval.add_argument(
+        "--model",
+        action="append",
+        help="HF folder or builtin:NAME (default: model.path); "
+        "repeatable: later models are swapped into the same engine by weight reload",
+    )
     p_eval.add_argument("--data", required=True, help="R1-Searcher-format JSONL (question, answer)")
     p_eval.add_argument(
         "--mode",
@@ -108,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
             from searchrl.services import serve
 
             return serve(args.service, cfg)
+        if args.command == "demo":
+            from searchrl.demo import demo
+
+            run_dir = args.run_dir or str(Path(cfg.run.run_dir) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
+            return demo(cfg, args.steps, args.minutes, Path(run_dir), args.eval_questions)
         if args.command == "eval":
             from searchrl.eval_cli import run_eval
 

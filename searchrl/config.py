@@ -160,6 +160,12 @@ class TrainerConfig(_Section):
     )
     save_every: int = Field(50, ge=0, description="Checkpoint every N steps (0 = only at the end).")
     max_steps: int = Field(10, ge=1)
+    max_minutes: float = Field(
+        0.0, ge=0.0, description="Stop after this much training wall time (0 = no limit)."
+    )
+    export_every: int = Field(
+        0, ge=0, description="Save an HF folder <run_dir>/hf/step_N every N steps (0 = off)."
+    )
     stages: list[StageConfig] = Field(default_factory=lambda: [StageConfig()])
     resume: bool = Field(True, description="Resume from the newest checkpoint in <run_dir>/checkpoints.")
     weight_chunk_bytes: int = Field(4 << 20, ge=1024)

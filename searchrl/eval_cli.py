@@ -15,15 +15,23 @@ from searchrl_trainer.data import load_qa
 
 
 def run_eval(
-    cfg: Config, model: str | None, data: str, modes: list[str] | None, limit: int | None, out: str | None
+    cfg: Config,
+    models: list[str] | None,
+    data: str,
+    modes: list[str] | None,
+    limit: int | None,
+    out: str | None,
 ) -> int:
+    """Evaluate each model in `models` (default: model.path). One vLLM engine serves them all: the first is
+    loaded at start, the others are swapped in with an in-place weight reload (they must share the architecture).
+    With one model, results go to `<out>/results.json`; with several, to `<out>/<folder name>/results.json`."""
     from transformers import AutoTokenizer
 
     from searchrl_retriever.service import open_retriever
     from searchrl_rollout.engine import VllmEngine
 
     items = load_qa(data)[:limit] if limit else load_qa(data)
-    model_path = resolve_model(model or cfg.model.path, cfg.model.cache_dir, cfg.run.seed)
+    paths = [resolve_model(m, cfg.model.cache_dir, cfg.run.seed) for m in (models or [cfg.model.path])]
     rc = cfg.rollout
     retriever = open_retriever(cfg, progress=True)
 
@@ -35,7 +43,7 @@ def run_eval(
         return results
 
     engine = VllmEngine(
-        model_path,
+        paths[0],
         rc.dtype,
         rc.max_model_len,
         rc.gpu_memory_utilization,
@@ -43,22 +51,32 @@ def run_eval(
         rc.enforce_eager,
         cfg.run.seed,
     )
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(paths[0])
     limits = LoopLimits(rc.top_k, rc.max_searches, rc.segment_tokens, rc.max_response_tokens)
-    out_dir = Path(out or Path(cfg.run.run_dir) / "eval")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = {}
-    for mode in modes or list(MODES):
-        t0 = time.perf_counter()
-        records = evaluate(
-            engine, tokenizer, get_protocol(rc.protocol), search, items, mode, limits, cfg.model.chat_template
+    base = Path(out or Path(cfg.run.run_dir) / "eval")
+    for i, model_path in enumerate(paths):
+        if i > 0:
+            engine.load_weights(model_path)
+        out_dir = base if len(paths) == 1 else base / Path(model_path).name
+        out_dir.mkdir(parents=True, exist_ok=True)
+        results = {}
+        for mode in modes or list(MODES):
+            t0 = time.perf_counter()
+            records = evaluate(
+                engine,
+                tokenizer,
+                get_protocol(rc.protocol),
+                search,
+                items,
+                mode,
+                limits,
+                cfg.model.chat_template,
+            )
+            results[mode] = summarize(records)
+            results[mode]["all"]["seconds"] = time.perf_counter() - t0
+            write_records(out_dir / f"{mode}.jsonl", records)
+        (out_dir / "results.json").write_text(
+            json.dumps({"model": model_path, "data": data, "results": results}, indent=1)
         )
-        results[mode] = summarize(records)
-        results[mode]["all"]["seconds"] = time.perf_counter() - t0
-        write_records(out_dir / f"{mode}.jsonl", records)
-    (out_dir / "results.json").write_text(
-        json.dumps({"model": model_path, "data": data, "results": results}, indent=1)
-    )
-    print(format_table(results))
-    print(f"written to {out_dir}")
+        print(f"== {model_path}\n{format_table(results)}\nwritten to {out_dir}", flush=True)
     return 0

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from searchrl.config import Config, dump_config
 from searchrl.grpcutil import channel, wait_serving
+from searchrl.proc import die_with_parent
 from searchrl.proto import rollout_pb2, rollout_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from searchrl.redisio import EmbeddedRedis, free_port
 
@@ -60,7 +61,12 @@ class Stack:
         self.log_files.append(log_file)
         cmd = [sys.executable, "-m", "searchrl.cli", "serve", name, "-c", str(config_path), *(extra or [])]
         proc = subprocess.Popen(
-            cmd, stdout=log_file, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True
+            cmd,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=self.env(),
+            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         self.procs[name] = proc
         return proc

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import redis
 
+from searchrl.proc import die_with_parent
+
 log = logging.getLogger(__name__)
 
 
@@ -65,7 +67,9 @@ class EmbeddedRedis:
         # Streams are the queue: with persist, append-only fsync every second so a restart loses < 1 s.
         args = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", wd, "--save", ""]
         args += ["--appendonly", "yes", "--appendfsync", "everysec"] if persist else ["--appendonly", "no"]
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent
+        )
         client = redis.Redis(port=port)
         deadline = time.monotonic() + timeout
         while True:

@@ -108,6 +108,7 @@ class Learner:
         from transformers import AutoModelForCausalLM
 
         self.cfg = cfg
+        self.model_path = model_path
         self.backend = init_distributed(cfg.dist_backend)
         self.device = torch.device(get_accelerator().device_name())
         torch.manual_seed(seed)
@@ -238,6 +239,14 @@ class Learner:
     def export_skip(self) -> set[str]:
         """Tied lm_head is the embedding; vLLM ties it itself and safetensors refuses shared tensors."""
         return {"lm_head.weight"} if self.tied else set()
+
+    def export_hf(self, directory: str) -> None:
+        """The current policy as a plain HF folder (config, safetensors, tokenizer) that vLLM or HF can load."""
+        from transformers import AutoTokenizer
+
+        state = {k: v.detach().float().cpu() for k, v in self.state_dict_for_export().items()}
+        self.engine.module.save_pretrained(directory, state_dict=state, safe_serialization=True)
+        AutoTokenizer.from_pretrained(self.model_path).save_pretrained(directory)
 
     def save(self, directory: str, tag: str, client_state: dict) -> None:
         self.engine.save_checkpoint(directory, tag=tag, client_state=client_state)

@@ -8,7 +8,9 @@ Delivery guarantees (Redis Streams):
   ledger `<prefix>:trained` and announces the new policy version — after the optimizer step. Ids already in the
   ledger (or in `<prefix>:dropped`) are acked and skipped, so nothing is trained twice.
 - staleness: a complete group whose oldest sample is more than `max_staleness` versions behind is dropped.
-Checkpoints (model + optimizer + step + version + data cursors) every `save_every` steps and at the end.
+Checkpoints (model + optimizer + step + version + data cursors) every `save_every` steps and at the end; HF
+folders of the policy every `export_every` steps (`<run_dir>/hf/step_N`) and at the end (`<run_dir>/hf/final`).
+The run ends at `max_steps` or after `max_minutes` of training.
 """
 
 from __future__ import annotations
@@ -249,6 +251,8 @@ class TrainerLoop:
         REWARD.set(m["reward_mean"])
         if self.tc.save_every and self.state.step % self.tc.save_every == 0:
             self.checkpoint()
+        if self.tc.export_every and self.state.step % self.tc.export_every == 0:
+            self.learner.export_hf(str(self.run_dir / "hf" / f"step_{self.state.step}"))
         return m
 
     def publish_and_commit(self, groups: list[_Group]) -> float:
@@ -318,8 +322,13 @@ class TrainerLoop:
     def run(self, stop_requested: Callable[[], bool] = lambda: False) -> None:
         metrics_path = self.run_dir / "metrics.jsonl"
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+
+        def out_of_time() -> bool:
+            return self.tc.max_minutes > 0 and time.monotonic() - t0 > 60 * self.tc.max_minutes
+
         with metrics_path.open("a") as f:
-            while self.state.step < self.tc.max_steps and not stop_requested():
+            while self.state.step < self.tc.max_steps and not stop_requested() and not out_of_time():
                 m = self.step(stop_requested=stop_requested)
                 f.write(json.dumps(m) + "\n")
                 f.flush()
@@ -335,4 +344,5 @@ class TrainerLoop:
                 )
         if self.tc.save_every == 0 or self.state.step % self.tc.save_every != 0:
             self.checkpoint()
+        self.learner.export_hf(str(self.run_dir / "hf" / "final"))
         self.state.done = True

@@ -106,6 +106,9 @@ def test_rollout_workers_serve_the_trainers_final_weights(run):
     assert t["trained_trajectories"] == STEPS * 2 * 4
     for w in summary["rollout"]:
         assert w["version"] == t["version"] and w["weights_sha256"] == t["weights_sha256"] != ""
+    final = run[0] / "hf" / "final"  # the trained policy as a plain HF folder
+    assert (final / "config.json").is_file() and (final / "model.safetensors").is_file()
+    assert (run[0] / "checkpoints" / "latest").read_text().strip() == f"step_{STEPS}"
 
 
 def test_streams_flowed_and_nothing_is_pending(run):

@@ -1,0 +1,209 @@
+"""`searchrl demo`: the CPU demo end to end — a real small LLM learns to search a bundled fictional world.
+
+Steps (each cached where it can be): generate the world (seeded) into `<cache>/world-seed<S>`; convert the
+model; build the retriever index; evaluate the untrained model in all three modes on held-out questions; train
+with the two-stage curriculum through `searchrl up` (stage-1 reward for the first part, then stage-2); evaluate
+the exported policies (`hf/step_N`, `hf/final`); write `report.md`, `results.json` and PNG plots into the run dir.
+Evaluations run as `searchrl eval` subprocesses so each vLLM engine's memory is returned before the next starts.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from searchrl.config import Config, dump_config
+from searchrl.evaluate import MODES
+from searchrl.proc import die_with_parent
+from searchrl.world import generate_world, write_world
+
+
+def prepare_world(cfg: Config, seed: int, n_test: int) -> dict[str, Path]:
+    d = Path(cfg.model.cache_dir).expanduser() / f"world-seed{seed}"
+    names = ("corpus", "stage1", "stage2", "test")
+    if not all((d / f"{n}.jsonl").is_file() for n in names):
+        print(f"generating the world into {d}", flush=True)
+        write_world(d, generate_world(seed), seed, n_test)
+    return {n: d / f"{n}.jsonl" for n in names}
+
+
+def demo_config(
+    cfg: Config, world: dict[str, Path], run_dir: Path, steps: int | None, minutes: float | None
+) -> Config:
+    cfg = cfg.model_copy(deep=True)
+    cfg.run.run_dir = str(run_dir)
+    cfg.retriever.corpus = str(world["corpus"])
+    cfg.retriever.index_dir = str(world["corpus"].parent / "index")
+    if steps is not None:
+        cfg.trainer.max_steps = steps
+    if minutes is not None:
+        cfg.trainer.max_minutes = minutes
+    stage1, stage2 = cfg.trainer.stages[0], cfg.trainer.stages[-1]
+    stage1.data, stage2.data = str(world["stage1"]), str(world["stage2"])
+    if len(cfg.trainer.stages) > 1 and steps is not None:
+        stage1.steps = max(1, steps // 2)  # R1-Searcher: stage 1 teaches to search, stage 2 to answer well
+    return cfg
+
+
+def run_eval(
+    config_path: Path, models: list[str], data: Path, out: Path, modes: list[str], limit: int
+) -> dict[str, dict]:
+    """`searchrl eval` in a subprocess (its vLLM memory is freed on exit); results per model folder name."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "searchrl.cli",
+        "eval",
+        "-c",
+        str(config_path),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--limit",
+        str(limit),
+    ]
+    for m in models:
+        cmd += ["--model", m]
+    for m in modes:
+        cmd += ["--mode", m]
+    subprocess.run(cmd, check=True, preexec_fn=die_with_parent)
+    if len(models) == 1:
+        return {Path(models[0]).name: json.loads((out / "results.json").read_text())["results"]}
+    return {
+        Path(m).name: json.loads((out / Path(m).name / "results.json").read_text())["results"] for m in models
+    }
+
+
+def plot(run_dir: Path, curve: list[tuple[int, float]]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [m["step"] for m in lines]
+    out = []
+    for key, title in (
+        ("reward_mean", "reward (train batch)"),
+        ("num_searches_mean", "searches per rollout"),
+        ("response_len_mean", "response length (tokens)"),
+    ):
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.plot(steps, [m[key] for m in lines], marker=".")
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        fig.tight_layout()
+        path = run_dir / f"{key}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        out.append(path)
+    if curve:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.plot([s for s, _ in curve], [c for _, c in curve], marker="o")
+        ax.set_xlabel("step")
+        ax.set_title("held-out CEM (search agent, greedy)")
+        fig.tight_layout()
+        path = run_dir / "heldout_cem.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        out.append(path)
+    return out
+
+
+def report(
+    run_dir: Path, before: dict, after: dict, curve: list[tuple[int, float]], wall_s: float, seed: int
+) -> str:
+    rows = ["| mode | model | EM | CEM | F1 | searches |", "|---|---|---|---|---|---|"]
+    for label, res in (("untrained", before), ("after RL", after)):
+        for mode in MODES:
+            m = res[mode]["all"]
+            rows.append(
+                f"| {mode} | {label} | {m['em']:.3f} | {m['cem']:.3f} | {m['f1']:.3f} | {m['searches']:.2f} |"
+            )
+    gain = after["search-agent"]["all"]["cem"] - before["search-agent"]["all"]["cem"]
+    text = "\n".join(
+        [
+            "# searchrl demo report",
+            "",
+            f"seed {seed}, wall time {wall_s / 60:.1f} min, held-out CEM gain of the search agent: "
+            f"{100 * gain:+.1f} points",
+            "",
+            *rows,
+            "",
+            "Held-out CEM over training: " + ", ".join(f"step {s}: {c:.3f}" for s, c in curve),
+            "",
+            "![reward](reward_mean.png) ![searches](num_searches_mean.png) ![length](response_len_mean.png) "
+            "![cem](heldout_cem.png)",
+            "",
+        ]
+    )
+    (run_dir / "report.md").write_text(text)
+    (run_dir / "results.json").write_text(
+        json.dumps(
+            {
+                "before": before,
+                "after": after,
+                "curve": curve,
+                "gain_cem": gain,
+                "wall_s": wall_s,
+                "seed": seed,
+            },
+            indent=1,
+        )
+    )
+    return text
+
+
+def demo(cfg: Config, steps: int | None, minutes: float | None, run_dir: Path, n_eval: int = 100) -> int:
+    from searchrl.launcher import up
+    from searchrl.models import resolve_model
+
+    t0 = time.monotonic()
+    seed = cfg.run.seed
+    world = prepare_world(cfg, seed, n_test=max(300, n_eval))
+    print("preparing the model (converted once, then cached)", flush=True)
+    resolve_model(cfg.model.path, cfg.model.cache_dir, seed)
+    cfg = demo_config(cfg, world, run_dir, steps, minutes)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "demo-config.yaml"
+    config_path.write_text(dump_config(cfg))
+    before = next(
+        iter(
+            run_eval(
+                config_path, [cfg.model.path], world["test"], run_dir / "eval-before", list(MODES), n_eval
+            ).values()
+        )
+    )
+    rc = up(cfg)
+    if rc != 0:
+        return rc
+    hf = run_dir / "hf"
+    final_step = len((run_dir / "metrics.jsonl").read_text().splitlines())
+    after = run_eval(
+        config_path, [str(hf / "final")], world["test"], run_dir / "eval-after", list(MODES), n_eval
+    )
+    after = after["final"]
+    curve = [(0, before["search-agent"]["all"]["cem"])]
+    steps_dirs = sorted(
+        (d for d in hf.glob("step_*") if int(d.name.split("_")[1]) != final_step),
+        key=lambda p: int(p.name.split("_")[1]),
+    )
+    if steps_dirs:  # the held-out curve: only the search agent, all checkpoints in one engine
+        mid = run_eval(
+            config_path,
+            [str(d) for d in steps_dirs],
+            world["test"],
+            run_dir / "eval-steps",
+            ["search-agent"],
+            n_eval,
+        )
+        curve += [(int(d.name.split("_")[1]), mid[d.name]["search-agent"]["all"]["cem"]) for d in steps_dirs]
+    curve.append((final_step, after["search-agent"]["all"]["cem"]))
+    plot(run_dir, curve)
+    print(report(run_dir, before, after, curve, time.monotonic() - t0, seed), flush=True)
+    print(f"trained model: {hf / 'final'}\nreport: {run_dir / 'report.md'}", flush=True)
+    return 0
