@@ -42,15 +42,7 @@ def run_eval(
             results.extend([p.as_document() for p, _ in row] for row in hits)
         return results
 
-    engine = VllmEngine(
-        paths[0],
-        rc.dtype,
-        rc.max_model_len,
-        rc.gpu_memory_utilization,
-        rc.kv_cache_gib,
-        rc.enforce_eager,
-        cfg.run.seed,
-    )
+    engine = VllmEngine.from_config(paths[0], rc, cfg.run.seed)
     tokenizer = AutoTokenizer.from_pretrained(paths[0])
     limits = LoopLimits(rc.top_k, rc.max_searches, rc.segment_tokens, rc.max_response_tokens)
     base = Path(out or Path(cfg.run.run_dir) / "eval")

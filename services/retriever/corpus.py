@@ -3,9 +3,10 @@ contents is '"Title"\\ntext' (title optional). Raises ValueError naming the file
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from searchrl.jsonl import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -40,19 +41,7 @@ def parse_passage(obj: object, where: str) -> Passage:
 
 
 def load_corpus(path: str | Path) -> list[Passage]:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"retriever.corpus: {p} does not exist")
-    out: list[Passage] = []
-    with p.open() as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{p}:{lineno}: not JSON: {e}") from None
-            out.append(parse_passage(obj, f"{p}:{lineno}"))
+    out = [parse_passage(obj, where) for where, obj in read_jsonl(path, "retriever.corpus")]
     if not out:
-        raise ValueError(f"retriever.corpus: {p} has no passages")
+        raise ValueError(f"retriever.corpus: {path} has no passages")
     return out

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from searchrl.config import RolloutConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -65,6 +67,18 @@ class VllmEngine:
             gpu_memory_utilization=gpu_memory_utilization,
             seed=seed,
             enable_prefix_caching=True,
+        )
+
+    @staticmethod
+    def from_config(model_path: str, rc: RolloutConfig, seed: int) -> VllmEngine:
+        return VllmEngine(
+            model_path,
+            rc.dtype,
+            rc.max_model_len,
+            rc.gpu_memory_utilization,
+            rc.kv_cache_gib,
+            rc.enforce_eager,
+            seed,
         )
 
     def generate(self, prompts: list[list[int]], params: list[GenParams]) -> list[GenOut]:

@@ -86,16 +86,7 @@ def build_worker(cfg: Config, redis_url: str) -> RolloutWorker:
     from searchrl_rollout.engine import VllmEngine
 
     model_path = resolve_model(cfg.model.path, cfg.model.cache_dir, cfg.run.seed)
-    rc = cfg.rollout
-    engine = VllmEngine(
-        model_path,
-        rc.dtype,
-        rc.max_model_len,
-        rc.gpu_memory_utilization,
-        rc.kv_cache_gib,
-        rc.enforce_eager,
-        cfg.run.seed,
-    )
+    engine = VllmEngine.from_config(model_path, cfg.rollout, cfg.run.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     a = cfg.addresses
     search = grpc_search(retriever_pb2_grpc.RetrieverStub(channel(a.retriever)))

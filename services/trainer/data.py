@@ -6,10 +6,11 @@ Search-R1 {"question", "reward_model": {"ground_truth": {"target": [..]}}}. Erro
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+
+from searchrl.jsonl import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -35,20 +36,9 @@ def parse_qa(obj: object, where: str) -> QAItem:
 
 
 def load_qa(path: str | Path) -> list[QAItem]:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: data file does not exist")
-    items = []
-    with p.open() as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{p}:{lineno}: not JSON: {e}") from None
-                items.append(parse_qa(obj, f"{p}:{lineno}"))
+    items = [parse_qa(obj, where) for where, obj in read_jsonl(path, "data file")]
     if not items:
-        raise ValueError(f"{p}: no questions")
+        raise ValueError(f"{path}: no questions")
     return items
 
 
