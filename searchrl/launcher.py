@@ -54,12 +54,12 @@ class Stack:
         )
         return env
 
-    def start_service(self, name: str, config_path: Path, extra: list[str] | None = None) -> subprocess.Popen:
+    def start_service(self, name: str, config_path: Path) -> subprocess.Popen:
         logs = self.run_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log_file = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
         self.log_files.append(log_file)
-        cmd = [sys.executable, "-m", "searchrl.cli", "serve", name, "-c", str(config_path), *(extra or [])]
+        cmd = [sys.executable, "-m", "searchrl.cli", "serve", name, "-c", str(config_path)]
         proc = subprocess.Popen(
             cmd,
             stdout=log_file,

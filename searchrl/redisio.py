@@ -150,13 +150,6 @@ def touch(r: redis.Redis, stream: str, group: str, consumer: str, ids: list[str]
         r.xclaim(stream, group, consumer, min_idle_time=0, message_ids=ids, justid=True)
 
 
-def pending_count(r: redis.Redis, stream: str, group: str) -> int:
-    try:
-        return int(r.xpending(stream, group)["pending"])
-    except redis.ResponseError:
-        return 0
-
-
 def policy_version_key(prefix: str) -> str:
     return f"{prefix}:policy_version"
 
