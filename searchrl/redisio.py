@@ -131,17 +131,37 @@ def own_pending(r: redis.Redis, stream: str, group: str, consumer: str, count: i
     return out
 
 
-def reclaim(
-    r: redis.Redis, stream: str, group: str, consumer: str, min_idle_ms: int, count: int
-) -> list[Entry]:
-    """Take over entries pending longer than `min_idle_ms` at other (dead) consumers (XAUTOCLAIM)."""
-    resp = r.xautoclaim(stream, group, consumer, min_idle_time=min_idle_ms, start_id="0-0", count=count)
-    entries = resp[1] if resp else []
-    out: list[Entry] = []
-    for eid, fields in entries:
-        if fields:
-            out.append((eid.decode() if isinstance(eid, bytes) else eid, fields))
-    return out
+class Reclaimer:
+    """Takes over entries pending longer than `min_idle_ms` at other (dead) consumers with XAUTOCLAIM, walking the
+    pending list with a cursor across calls so that a long list of live entries at its head cannot hide idle
+    ones further down."""
+
+    def __init__(self, r: redis.Redis, stream: str, group: str, consumer: str, min_idle_ms: int) -> None:
+        self.r, self.stream, self.group, self.consumer, self.min_idle_ms = (
+            r,
+            stream,
+            group,
+            consumer,
+            min_idle_ms,
+        )
+        self.cursor = "0-0"
+
+    def __call__(self, count: int) -> list[Entry]:
+        resp = self.r.xautoclaim(
+            self.stream,
+            self.group,
+            self.consumer,
+            min_idle_time=self.min_idle_ms,
+            start_id=self.cursor,
+            count=count,
+        )
+        if not resp:
+            return []
+        nxt = resp[0]
+        self.cursor = nxt.decode() if isinstance(nxt, bytes) else str(nxt)
+        return [
+            (eid.decode() if isinstance(eid, bytes) else eid, fields) for eid, fields in resp[1] if fields
+        ]
 
 
 def touch(r: redis.Redis, stream: str, group: str, consumer: str, ids: list[str]) -> None:

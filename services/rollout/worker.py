@@ -95,6 +95,9 @@ class RolloutWorker:
             rc.top_k, rc.max_searches, rc.segment_tokens, rc.max_response_tokens, rc.temperature, rc.top_p
         )
         redisio.ensure_group(r, cfg.streams.prompts, GROUP)
+        self._reclaim = redisio.Reclaimer(
+            r, cfg.streams.prompts, GROUP, self.consumer, cfg.streams.claim_idle_ms
+        )
 
     # ---- weights -------------------------------------------------------------------------------------------
 
@@ -126,7 +129,7 @@ class RolloutWorker:
             own = redisio.own_pending(self.r, s.prompts, GROUP, self.consumer, n)
             if own:
                 return own
-        taken = redisio.reclaim(self.r, s.prompts, GROUP, self.consumer, s.claim_idle_ms, n)
+        taken = self._reclaim(n)
         if taken:
             log.warning("reclaimed %d prompt task(s) from dead consumers", len(taken))
             return taken

@@ -84,6 +84,9 @@ class TrainerLoop:
         self._pending_checked = False
         redisio.ensure_group(r, cfg.streams.prompts, "rollout")
         redisio.ensure_group(r, cfg.streams.trajectories, GROUP)
+        self._reclaim = redisio.Reclaimer(
+            r, cfg.streams.trajectories, GROUP, consumer, cfg.streams.claim_idle_ms
+        )
 
     # ---- start-up -------------------------------------------------------------------------------------------
 
@@ -166,7 +169,7 @@ class TrainerLoop:
             own = redisio.own_pending(self.r, s.trajectories, GROUP, self.consumer, 10_000)
             if own:
                 return own
-        claimed = redisio.reclaim(self.r, s.trajectories, GROUP, self.consumer, s.claim_idle_ms, 1000)
+        claimed = self._reclaim(1000)
         if claimed:
             return claimed
         return redisio.read_group(self.r, s.trajectories, GROUP, self.consumer, 1000, block_ms)
