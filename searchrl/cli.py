@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["no-retrieval", "naive-rag", "search-agent"],
         help="repeatable; default: all three",
     )
-    p_eval.add_argument("--limit", type=int, help="first N questions only")
+    p_eval.add_argument("--limit", type=int, help="N questions spread evenly over the file")
     p_eval.add_argument("--out", help="directory for results.json and <mode>.jsonl (default: <run_dir>/eval)")
 
     p_rew = sub.add_parser("reward", help="reward tools")

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from searchrl.config import Config
-from searchrl.evaluate import MODES, evaluate, format_table, summarize, write_records
+from searchrl.evaluate import MODES, evaluate, format_table, spread, summarize, write_records
 from searchrl.models import resolve_model
 from searchrl.protocol import get_protocol
 from searchrl_rollout.search_loop import LoopLimits
@@ -30,7 +30,7 @@ def run_eval(
     from searchrl_retriever.service import open_retriever
     from searchrl_rollout.engine import VllmEngine
 
-    items = load_qa(data)[:limit] if limit else load_qa(data)
+    items = spread(load_qa(data), limit)
     paths = [resolve_model(m, cfg.model.cache_dir, cfg.run.seed) for m in (models or [cfg.model.path])]
     rc = cfg.rollout
     retriever = open_retriever(cfg, progress=True)

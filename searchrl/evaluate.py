@@ -45,6 +45,14 @@ class EvalRecord:
     num_searches: int
 
 
+def spread(items: list, limit: int | None) -> list:
+    """`limit` items taken evenly across the list (all when limit is None or large): files are often ordered by
+    question type, so the first N would test one type only."""
+    if not limit or limit >= len(items):
+        return list(items)
+    return [items[i * len(items) // limit] for i in range(limit)]
+
+
 def _question_for(mode: str, item: QAItem, docs: list[str] | None) -> tuple[str, str]:
     """(system prompt, user text) for the mode; '' system prompt = the protocol's instructions."""
     if mode == "no-retrieval":

@@ -18,5 +18,7 @@ def test_reclaimer_walks_past_live_entries(redis_client):
     for _ in range(4):  # two entries per call: the cursor moves on past the live head
         got += [eid for eid, _ in reclaim(2)]
     assert got == ids[4:]
-    owners = {p["message_id"].decode(): p["consumer"].decode() for p in r.xpending_range("s", "g", "-", "+", 10)}
+    owners = {
+        p["message_id"].decode(): p["consumer"].decode() for p in r.xpending_range("s", "g", "-", "+", 10)
+    }
     assert owners == {**dict.fromkeys(ids[:4], "live"), **dict.fromkeys(ids[4:], "me")}

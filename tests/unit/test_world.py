@@ -39,3 +39,13 @@ def test_two_hop_needs_two_passages_and_splits_are_disjoint():
     assert {q.type for q in splits["test"]} == {"single_hop", "two_hop", "comparison"}
     assert not test & {q.question for q in splits["stage1"] + splits["stage2"]}
     assert {q.type for q in splits["stage1"]} == {"single_hop"}
+
+
+def test_eval_limit_spreads_over_question_types():
+    from searchrl.evaluate import spread
+
+    w = generate_world(0, n_people=120)
+    test = split_questions(w, 0, n_test=30)["test"]  # written grouped by type
+    picked = spread(test, 6)
+    assert len(picked) == 6 and {q.type for q in picked} == {"single_hop", "two_hop", "comparison"}
+    assert spread(test, None) == test and spread(test, 10_000) == test
