@@ -44,7 +44,7 @@ def run_eval(
 
     engine = VllmEngine.from_config(paths[0], rc, cfg.run.seed)
     tokenizer = AutoTokenizer.from_pretrained(paths[0])
-    limits = LoopLimits(rc.top_k, rc.max_searches, rc.segment_tokens, rc.max_response_tokens)
+    limits = LoopLimits.from_config(rc)  # evaluate() makes it greedy
     base = Path(out or Path(cfg.run.run_dir) / "eval")
     for i, model_path in enumerate(paths):
         if i > 0:

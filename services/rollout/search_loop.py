@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from searchrl.config import RolloutConfig
 from searchrl.protocol import Protocol
 from searchrl_rollout.engine import Engine, GenParams
 
@@ -32,6 +33,12 @@ class LoopLimits:
     max_response_tokens: int = 2048
     temperature: float = 1.0
     top_p: float = 0.95
+
+    @staticmethod
+    def from_config(rc: RolloutConfig) -> LoopLimits:
+        return LoopLimits(
+            rc.top_k, rc.max_searches, rc.segment_tokens, rc.max_response_tokens, rc.temperature, rc.top_p
+        )
 
 
 @dataclass

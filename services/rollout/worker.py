@@ -90,10 +90,7 @@ class RolloutWorker:
         self._inflight_lock = threading.Lock()
         self._stop = threading.Event()
         self._checked_own_pending = False
-        rc = cfg.rollout
-        self.limits = LoopLimits(
-            rc.top_k, rc.max_searches, rc.segment_tokens, rc.max_response_tokens, rc.temperature, rc.top_p
-        )
+        self.limits = LoopLimits.from_config(cfg.rollout)
         redisio.ensure_group(r, cfg.streams.prompts, GROUP)
         self._reclaim = redisio.Reclaimer(
             r, cfg.streams.prompts, GROUP, self.consumer, cfg.streams.claim_idle_ms

@@ -189,33 +189,33 @@ class Learner:
         total_tokens = max(mask.sum().item(), 1.0)
         sums: dict[str, float] = {}
         B = len(trajs)
-        for _epoch in range(1):  # R1-Searcher / ReSearch: one PPO epoch per batch
-            for s in range(0, B, self.micro):
-                sl = slice(s, s + self.micro)
-                mb = b.rows(sl)
-                logits = self._response_logits(self.engine, mb)
-                logp = algos.token_logprobs(logits, mb.response_ids.to(self.device))
-                ent = algos.entropy_from_logits(logits) if cfg.entropy_coef > 0 else None
-                loss, stats = algos.compute_loss(
-                    cfg.algo,
-                    logp,
-                    logp_old[sl],
-                    adv[sl],
-                    mask[sl],
-                    cfg.clip_eps,
-                    cfg.kl_coef,
-                    ref_logp[sl] if ref_logp is not None else None,
-                    entropy=ent,
-                    entropy_coef=cfg.entropy_coef,
-                    tis_weights=tis[sl] if tis is not None else None,
-                )
-                # token-mean over the whole batch: weight each micro-batch by its token share (DeepSpeed divides
-                # the accumulated gradient by gas).
-                share = mask[sl].sum().item() / total_tokens
-                self.engine.backward(loss * share * self.gas)
-                self.engine.step()
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v * share
+        # one PPO epoch over the batch (R1-Searcher / ReSearch)
+        for s in range(0, B, self.micro):
+            sl = slice(s, s + self.micro)
+            mb = b.rows(sl)
+            logits = self._response_logits(self.engine, mb)
+            logp = algos.token_logprobs(logits, mb.response_ids.to(self.device))
+            ent = algos.entropy_from_logits(logits) if cfg.entropy_coef > 0 else None
+            loss, stats = algos.compute_loss(
+                cfg.algo,
+                logp,
+                logp_old[sl],
+                adv[sl],
+                mask[sl],
+                cfg.clip_eps,
+                cfg.kl_coef,
+                ref_logp[sl] if ref_logp is not None else None,
+                entropy=ent,
+                entropy_coef=cfg.entropy_coef,
+                tis_weights=tis[sl] if tis is not None else None,
+            )
+            # token-mean over the whole batch: weight each micro-batch by its token share (DeepSpeed divides
+            # the accumulated gradient by gas).
+            share = mask[sl].sum().item() / total_tokens
+            self.engine.backward(loss * share * self.gas)
+            self.engine.step()
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v * share
         out = {f"loss/{k}": v for k, v in sums.items()}
         out.update(
             {
