@@ -25,6 +25,7 @@ from searchrl.proto import rollout_pb2, rollout_pb2_grpc, trainer_pb2, trainer_p
 from searchrl.redisio import EmbeddedRedis, free_port
 
 ORDER = ("retriever", "reward", "trainer", "rollout")
+_DIST_ENV = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
 
 
 @dataclass
@@ -41,7 +42,9 @@ class Stack:
 
     def env(self) -> dict[str, str]:
         a = self.cfg.addresses
-        env = dict(os.environ)
+        # Each service is its own process group: a torch.distributed setup of the calling process (MASTER_PORT
+        # still bound by it, RANK, ...) must not leak into the trainer.
+        env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
         env.update(
             {
                 "SEARCHRL_REDIS_URL": a.redis_url or "",
