@@ -6,6 +6,7 @@
   searchrl demo [-c configs/demo-cpu.yaml] [--steps N] [--minutes M]
   searchrl eval -c CONFIG --data FILE [--model PATH] [--mode M ...] [--limit N] [--out DIR]
   searchrl reward score --preset {r1s-stage1,r1s-stage2} < in.jsonl > out.jsonl
+  searchrl cluster {status,scale COMPONENT=N,wait-index} ...   (a Helm release; searchrl/cluster.py)
 Config problems exit with status 2 and a message naming the key and the file.
 """
 
@@ -85,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     rew_sub = p_rew.add_subparsers(dest="action", required=True)
     p_score = rew_sub.add_parser("score", help="score JSONL from stdin, write JSONL to stdout")
     p_score.add_argument("--preset", required=True, help="r1s-stage1 | r1s-stage2")
+
+    from searchrl.cluster import add_parser as add_cluster_parser
+
+    add_cluster_parser(sub)
     return parser
 
 
@@ -106,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
 
             score_stream(args.preset)
             return 0
+        if args.command == "cluster":
+            from searchrl.cluster import run as run_cluster
+
+            return run_cluster(args)
         cfg = load_config(args.config, args.overrides)
         _setup_logging(cfg.run.log_level)
         if args.command == "up":
