@@ -2,7 +2,7 @@ PY ?= python
 PROTOS := $(wildcard proto/searchrl/proto/*.proto)
 STAMP := .setup.stamp
 
-.PHONY: setup proto test test-all test-slow lint up bench clean
+.PHONY: setup proto test test-all test-slow test-deploy lint up bench clean helm-schema smoke-compose
 
 $(STAMP): pyproject.toml scripts/install-cpu.sh
 	PY=$(PY) bash scripts/install-cpu.sh
@@ -18,6 +18,15 @@ test: $(STAMP)  ## the default test suite (what CI runs)
 
 test-slow: $(STAMP)  ## slow suites only
 	$(PY) -m pytest -q -m slow
+
+test-deploy: $(STAMP)  ## Helm chart, compose file and Dockerfile checks only (fast; no Docker engine, no cluster)
+	$(PY) -m pytest -q tests/deploy
+
+helm-schema:  ## regenerate deploy/helm/searchrl/values.schema.json from the config tree
+	$(PY) deploy/helm/values_schema.py
+
+smoke-compose:  ## real docker-compose run on podman, as root on Debian 12 (deploy/README.md); ~25 min cold
+	bash deploy/smoke/compose-podman.sh 2>&1 | tee deploy/smoke/last-run.log
 
 lint:
 	ruff check . && ruff format --check .
