@@ -131,8 +131,13 @@ def _api(context: str | None):  # noqa: ANN202 - kubernetes client module
         raise RuntimeError("the kubernetes client is not installed: pip install 'searchrl[k8s]'") from None
     try:
         config.load_kube_config(context=context)
-    except Exception:  # noqa: BLE001 - fall back to the pod's service account
-        config.load_incluster_config()
+    except Exception as outside:  # noqa: BLE001 - fall back to the pod's service account
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            raise RuntimeError(
+                f"no Kubernetes access: kubeconfig: {outside}; not inside a pod either"
+            ) from None
     return client
 
 
@@ -218,7 +223,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        from kubernetes.client.exceptions import ApiException
+    except ImportError:  # wait-index needs no client; status/scale say how to install it
+
+        class ApiException(Exception):  # noqa: N818 - stands in for the client's class
+            pass
+
+    try:
         return {"status": cmd_status, "scale": cmd_scale, "wait-index": cmd_wait_index}[args.action](args)
+    except ApiException as e:  # the API's answer (status + reason) instead of a traceback
+        print(f"error: Kubernetes API: {e}", file=sys.stderr)
+        return 1
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -133,3 +133,10 @@ def test_wait_index(tmp_path: Path) -> None:
     meta["fingerprint"] = corpus_fingerprint(load_corpus(str(corpus)))
     (tmp_path / "index" / META_FILE).write_text(json.dumps(meta))
     assert main(argv) == 0
+
+
+def test_no_cluster_access_is_a_clear_error(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert main(["cluster", "status", "-n", "ml"]) == 2
+    assert "no Kubernetes access" in capsys.readouterr().err
