@@ -3,9 +3,11 @@
 Contract:
 - `Learner(cfg, model_path)` initialises torch.distributed (gloo on CPU, NCCL on GPU; single process unless
   launched by a distributed launcher) and a DeepSpeed engine with a plain torch AdamW (no FusedAdam JIT build).
-- `train_step(trajectories)` takes complete groups in order (group_size consecutive rows per prompt), recomputes
-  "old" log-probs with the learner before the update (as the seeds do), computes advantages (`algos`), runs
-  `epochs` passes of masked PPO-clip over micro-batches, and returns scalar stats.
+- `train_step(trajectories)` takes complete groups in order (group_size consecutive rows per prompt), computes
+  advantages (`algos`), runs one pass of masked PPO-clip over micro-batches with one optimizer step at the end,
+  and returns scalar stats. "Old" log-probs are the learner's own for the pre-update weights (as the seeds
+  recompute them): taken from the training forward itself, or from a separate no-grad pass when the advantages
+  need them first (Reinforce++ with a KL reward).
 - `state_dict_for_export()` returns full weights (gathered under ZeRO-3) for publishing to rollout workers.
 - `save(dir, tag, client_state)` / `load(dir)` wrap DeepSpeed checkpoints (model + optimizer + client state).
 The learner knows nothing about Redis, gRPC or prompts.
@@ -43,17 +45,29 @@ class Batch:
     rewards: torch.Tensor  # [B]
     prompt_len: int
 
-    def rows(self, sl: slice) -> Batch:
+    def rows(self, idx: torch.Tensor) -> Batch:
+        """Rows `idx` with the columns that are padding in every selected row cut off (the left of the prompts,
+        the right of the responses), so a micro-batch of short rows costs only its own length."""
+        att = self.attention_mask[idx]
+        P = self.prompt_len
+        cut = int((att[:, :P].sum(0) == 0).sum())  # prompts are left-padded: all-pad columns form a prefix
+        r = max(int(att[:, P:].sum(1).max()), 1)
+        cols = slice(cut, P + r)
         return Batch(
-            self.input_ids[sl],
-            self.attention_mask[sl],
-            self.position_ids[sl],
-            self.response_ids[sl],
-            self.mask[sl],
-            self.behaviour_logprobs[sl],
-            self.rewards[sl],
-            self.prompt_len,
+            self.input_ids[idx][:, cols],
+            att[:, cols],
+            self.position_ids[idx][:, cols],
+            self.response_ids[idx][:, :r],
+            self.mask[idx][:, :r],
+            self.behaviour_logprobs[idx][:, :r],
+            self.rewards[idx],
+            P - cut,
         )
+
+    def micro_batches(self, size: int) -> list[torch.Tensor]:
+        """Row indices in micro-batches of `size`, rows of similar total length together (less padding)."""
+        order = torch.argsort(self.attention_mask.sum(1), stable=True)
+        return list(order.split(size))
 
 
 def collate(trajs: list[Trajectory], pad_id: int) -> Batch:
@@ -101,6 +115,22 @@ def init_distributed(backend: str) -> str:
     return backend
 
 
+def freeze_below(model: torch.nn.Module, top_layers: int) -> None:
+    """Leave only the top `top_layers` decoder layers and the final norm trainable (partial fine-tuning)."""
+    decoder = model.get_decoder()
+    layers = getattr(decoder, "layers", None)
+    if layers is None:
+        raise ValueError(f"trainer.train_layers: {type(model).__name__} has no decoder `layers` to freeze")
+    if top_layers > len(layers):
+        raise ValueError(f"trainer.train_layers: {top_layers} > the model's {len(layers)} layers")
+    model.requires_grad_(False)
+    for layer in layers[len(layers) - top_layers :]:
+        layer.requires_grad_(True)
+    norm = getattr(decoder, "norm", None)
+    if norm is not None:
+        norm.requires_grad_(True)
+
+
 class Learner:
     def __init__(self, cfg: TrainerConfig, model_path: str, seed: int = 0) -> None:
         import deepspeed
@@ -112,7 +142,11 @@ class Learner:
         self.backend = init_distributed(cfg.dist_backend)
         self.device = torch.device(get_accelerator().device_name())
         torch.manual_seed(seed)
+        if cfg.cpu_threads and self.device.type == "cpu":
+            torch.set_num_threads(cfg.cpu_threads)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        if cfg.train_layers:
+            freeze_below(model, cfg.train_layers)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         self.tied = bool(getattr(model.config, "tie_word_embeddings", False))
@@ -134,7 +168,10 @@ class Learner:
             "zero_allow_untested_optimizer": True,
         }
         optimizer = torch.optim.AdamW(
-            model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
+            [q for q in model.parameters() if q.requires_grad],
+            lr=cfg.lr,
+            betas=tuple(cfg.betas),
+            weight_decay=cfg.weight_decay,
         )
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         self.pad_id = int(getattr(model.config, "pad_token_id", None) or 0)
@@ -156,13 +193,12 @@ class Learner:
 
     @torch.no_grad()
     def _logprobs(self, model: torch.nn.Module, b: Batch) -> torch.Tensor:
-        chunks = []
-        for s in range(0, b.rewards.shape[0], self.micro):
-            mb = b.rows(slice(s, s + self.micro))
-            chunks.append(
-                algos.token_logprobs(self._response_logits(model, mb), mb.response_ids.to(self.device))
-            )
-        return torch.cat(chunks)
+        out = torch.zeros(b.response_ids.shape, dtype=torch.float32, device=self.device)
+        for idx in b.micro_batches(self.micro):
+            mb = b.rows(idx)
+            lp = algos.token_logprobs(self._response_logits(model, mb), mb.response_ids.to(self.device))
+            out[idx.to(self.device), : lp.shape[1]] = lp
+        return out
 
     # ---- the update -----------------------------------------------------------------------------------------
 
@@ -171,55 +207,61 @@ class Learner:
         n = trajs[0].group_size
         b = collate(trajs, self.pad_id)
         mask = b.mask.to(self.device)
+        behaviour = b.behaviour_logprobs.to(self.device)
         t0 = time.perf_counter()
         self.engine.eval()
-        logp_old = self._logprobs(self.engine, b)
         ref_logp = self._logprobs(self.ref, b) if self.ref is not None else None
+        # One pass over the batch with the optimizer stepping only at its end (gradient accumulation), so the
+        # learner's pre-update ("old") log-probs are exactly the training forward's own, detached. A separate
+        # no-grad pass is needed only when the advantages depend on them (Reinforce++ with a KL reward).
+        kl_reward = cfg.algo == "reinforce_pp" and ref_logp is not None and cfg.kl_coef > 0
+        logp_old_all = self._logprobs(self.engine, b) if kl_reward else None
         rewards = b.rewards.to(self.device)
         if cfg.algo == "grpo":
             adv = algos.grpo_advantages(rewards, n, mask)
         else:
-            adv = algos.reinforce_pp_advantages(rewards, n, mask, logp_old, ref_logp, cfg.kl_coef)
-        behaviour = b.behaviour_logprobs.to(self.device)
-        tis = algos.truncated_is_weights(logp_old, behaviour, cfg.tis_cap) if cfg.tis_cap > 0 else None
-        mismatch = algos.masked_mean((logp_old - behaviour).abs(), mask).item()
+            adv = algos.reinforce_pp_advantages(rewards, n, mask, logp_old_all, ref_logp, cfg.kl_coef)
         prep_s = time.perf_counter() - t0
 
         self.engine.train()
         total_tokens = max(mask.sum().item(), 1.0)
-        sums: dict[str, float] = {}
-        B = len(trajs)
+        sums: dict[str, float] = {"logprob_mismatch": 0.0}
         # one PPO epoch over the batch (R1-Searcher / ReSearch)
-        for s in range(0, B, self.micro):
-            sl = slice(s, s + self.micro)
-            mb = b.rows(sl)
+        for idx in b.micro_batches(self.micro):
+            mb = b.rows(idx)
+            r = mb.response_ids.shape[1]
+            idx = idx.to(self.device)
+            mb_mask, mb_behaviour = mask[idx, :r], behaviour[idx, :r]
             logits = self._response_logits(self.engine, mb)
             logp = algos.token_logprobs(logits, mb.response_ids.to(self.device))
+            logp_old = logp_old_all[idx, :r] if logp_old_all is not None else logp.detach()
+            tis = algos.truncated_is_weights(logp_old, mb_behaviour, cfg.tis_cap) if cfg.tis_cap > 0 else None
             ent = algos.entropy_from_logits(logits) if cfg.entropy_coef > 0 else None
             loss, stats = algos.compute_loss(
                 cfg.algo,
                 logp,
-                logp_old[sl],
-                adv[sl],
-                mask[sl],
+                logp_old,
+                adv[idx, :r],
+                mb_mask,
                 cfg.clip_eps,
                 cfg.kl_coef,
-                ref_logp[sl] if ref_logp is not None else None,
+                ref_logp[idx, :r] if ref_logp is not None else None,
                 entropy=ent,
                 entropy_coef=cfg.entropy_coef,
-                tis_weights=tis[sl] if tis is not None else None,
+                tis_weights=tis,
             )
+            stats["logprob_mismatch"] = algos.masked_mean((logp_old - mb_behaviour).abs(), mb_mask).item()
             # token-mean over the whole batch: weight each micro-batch by its token share (DeepSpeed divides
             # the accumulated gradient by gas).
-            share = mask[sl].sum().item() / total_tokens
+            share = mb_mask.sum().item() / total_tokens
             self.engine.backward(loss * share * self.gas)
             self.engine.step()
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v * share
-        out = {f"loss/{k}": v for k, v in sums.items()}
+        out = {f"loss/{k}": v for k, v in sums.items() if k != "logprob_mismatch"}
         out.update(
             {
-                "logprob_mismatch": mismatch,
+                "logprob_mismatch": sums["logprob_mismatch"],
                 "prep_s": prep_s,
                 "grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
             }
