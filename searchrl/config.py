@@ -101,11 +101,27 @@ class RewardConfig(_Section):
     workers: int = Field(8, ge=1)
 
 
+class ExampleConfig(_Section):
+    """One worked example shown before the question (few-shot), as an earlier user/assistant exchange."""
+
+    question: str = Field(min_length=1)
+    response: str = Field(
+        min_length=1,
+        description="The assistant's turn after the protocol's response prefix (`<think>`), with the query, "
+        "the documents and the answer written out in the protocol's tags.",
+    )
+
+
 class RolloutConfig(_Section):
     port: int = 50054
     metrics_port: int = 9104
     protocol: Literal["r1searcher"] = "r1searcher"
     system_prompt: str = Field("", description="Overrides the protocol's instructions when non-empty.")
+    examples: list[ExampleConfig] = Field(
+        default_factory=list,
+        description="Few-shot examples before every question (rollouts and search-agent eval); they are part "
+        "of the prompt, so never trained on.",
+    )
     top_k: int = Field(3, ge=1, description="Passages per query (R1-Searcher: 3).")
     max_searches: int = Field(8, ge=0, description="Retrievals per rollout (R1-Searcher: 8).")
     segment_tokens: int = Field(
@@ -160,6 +176,15 @@ class TrainerConfig(_Section):
     zero_stage: int = Field(2, ge=0, le=3)
     bf16: bool = False
     gradient_checkpointing: bool = False
+    train_layers: int = Field(
+        0,
+        ge=0,
+        description="Train only the top N decoder layers and the final norm; embeddings (and a tied LM head) "
+        "and lower layers stay frozen, so the backward pass stops at layer L-N. 0 = train everything.",
+    )
+    cpu_threads: int = Field(
+        0, ge=0, description="torch intra-op threads of the learner on CPU (0 = torch's default)."
+    )
     max_staleness: int = Field(
         0, ge=0, description="Drop groups older than this many policy versions (0 = on-policy)."
     )

@@ -63,6 +63,8 @@ def run_eval(
                 mode,
                 limits,
                 cfg.model.chat_template,
+                rc.system_prompt,
+                rc.examples,
             )
             results[mode] = summarize(records)
             results[mode]["all"]["seconds"] = time.perf_counter() - t0

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from searchrl.protocol import Protocol
+from searchrl.protocol import Example, Protocol
 from searchrl_reward.rules import cover_exact_match, exact_match, extract_answer, f1_score
 from searchrl_rollout.engine import Engine
 from searchrl_rollout.search_loop import LoopLimits, Sample, build_prompt_ids, run_search_loop
@@ -54,13 +54,13 @@ def spread(items: list, limit: int | None) -> list:
 
 
 def _question_for(mode: str, item: QAItem, docs: list[str] | None) -> tuple[str, str]:
-    """(system prompt, user text) for the mode; '' system prompt = the protocol's instructions."""
+    """(system prompt, user text) for the baseline modes; the search agent uses the rollout prompt."""
     if mode == "no-retrieval":
         return _DIRECT, item.question
     if mode == "naive-rag":
         listing = "\n".join(f"({i + 1}){d}" for i, d in enumerate(docs or []))
         return _RAG, f"Documents:\n{listing}\n\nQuestion: {item.question}"
-    return "", item.question
+    raise ValueError(f"no baseline prompt for mode {mode!r}")
 
 
 def evaluate(
@@ -72,14 +72,22 @@ def evaluate(
     mode: str,
     limits: LoopLimits,
     chat_template: bool = True,
+    system_prompt: str = "",
+    examples: Sequence[Example] = (),
 ) -> list[EvalRecord]:
+    """Greedy answers of `items` in `mode`. The search agent is prompted exactly as rollouts are
+    (`system_prompt`, `examples`: config `rollout.*`; '' = the protocol's instructions)."""
     if mode not in MODES:
         raise ValueError(f"--mode: unknown mode {mode!r} (known: {', '.join(MODES)})")
     docs = search([it.question for it in items], limits.top_k) if mode == "naive-rag" else [None] * len(items)
     samples = []
     for it, d in zip(items, docs, strict=True):
-        system, user = _question_for(mode, it, d)
-        samples.append(Sample(build_prompt_ids(tokenizer, protocol, user, chat_template, system)))
+        if mode == "search-agent":
+            ids = build_prompt_ids(tokenizer, protocol, it.question, chat_template, system_prompt, examples)
+        else:
+            system, user = _question_for(mode, it, d)
+            ids = build_prompt_ids(tokenizer, protocol, user, chat_template, system)
+        samples.append(Sample(ids))
     greedy = LoopLimits(
         limits.top_k,
         limits.max_searches if mode == "search-agent" else 0,

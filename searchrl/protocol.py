@@ -9,6 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol as TypingProtocol
+
+
+class Example(TypingProtocol):
+    """A worked example (config `rollout.examples`): the question and the response after `<think>`."""
+
+    question: str
+    response: str
 
 
 @dataclass(frozen=True)
@@ -33,16 +41,25 @@ class Protocol:
         """Generation stops here so the worker can search."""
         return [self.query_close]
 
-    def messages(self, question: str, system_prompt: str = "") -> list[dict[str, str]]:
-        """Instruct model: instructions as system message, question as user message (R1-Searcher)."""
-        return [
-            {"role": "system", "content": system_prompt or self.instructions},
-            {"role": "user", "content": question},
-        ]
+    def messages(
+        self, question: str, system_prompt: str = "", examples: Sequence[Example] = ()
+    ) -> list[dict[str, str]]:
+        """Instruct model: instructions as system message, question as user message (R1-Searcher); worked
+        examples go before the question as earlier user/assistant turns."""
+        msgs = [{"role": "system", "content": system_prompt or self.instructions}]
+        for ex in examples:
+            msgs.append({"role": "user", "content": ex.question})
+            msgs.append({"role": "assistant", "content": self.response_prefix + ex.response})
+        msgs.append({"role": "user", "content": question})
+        return msgs
 
-    def base_prompt(self, question: str, system_prompt: str = "") -> str:
-        """Base model: instructions then `User:{q}\\nAssistant: <think>` (R1-Searcher)."""
-        return f"{system_prompt or self.instructions}\n\nUser:{question}\nAssistant: {self.think_open}"
+    def base_prompt(self, question: str, system_prompt: str = "", examples: Sequence[Example] = ()) -> str:
+        """Base model: instructions then `User:{q}\\nAssistant: <think>` (R1-Searcher), after any worked
+        examples in the same shape."""
+        shots = "".join(
+            f"User:{ex.question}\nAssistant: {self.think_open}{ex.response}\n\n" for ex in examples
+        )
+        return f"{system_prompt or self.instructions}\n\n{shots}User:{question}\nAssistant: {self.think_open}"
 
     @property
     def response_prefix(self) -> str:

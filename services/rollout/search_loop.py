@@ -14,11 +14,11 @@ This module does no I/O of its own: the engine, the search function and the toke
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from searchrl.config import RolloutConfig
-from searchrl.protocol import Protocol
+from searchrl.protocol import Example, Protocol
 from searchrl_rollout.engine import Engine, GenParams
 
 SearchFn = Callable[[list[str], int], list[list[str]]]
@@ -138,15 +138,19 @@ def build_prompt_ids(
     question: str,
     chat_template: bool,  # noqa: ANN001
     system_prompt: str = "",
+    examples: Sequence[Example] = (),
 ) -> list[int]:
-    """Token ids of the prompt: chat template + `<think>` for instruct models, the base template otherwise."""
+    """Token ids of the prompt: chat template + `<think>` for instruct models, the base template otherwise;
+    `examples` are shown before the question (few-shot)."""
     if chat_template and getattr(tokenizer, "chat_template", None):
         text = (
             tokenizer.apply_chat_template(
-                protocol.messages(question, system_prompt), tokenize=False, add_generation_prompt=True
+                protocol.messages(question, system_prompt, examples),
+                tokenize=False,
+                add_generation_prompt=True,
             )
             + protocol.response_prefix
         )
     else:
-        text = protocol.base_prompt(question, system_prompt)
+        text = protocol.base_prompt(question, system_prompt, examples)
     return tokenizer.encode(text, add_special_tokens=False)

@@ -190,7 +190,12 @@ class RolloutWorker:
         samples: list[tuple[PromptTask, int, Sample]] = []
         for task in tasks:
             prompt = build_prompt_ids(
-                self.tokenizer, self.protocol, task.question, self.cfg.model.chat_template, rc.system_prompt
+                self.tokenizer,
+                self.protocol,
+                task.question,
+                self.cfg.model.chat_template,
+                rc.system_prompt,
+                rc.examples,
             )[-rc.max_prompt_tokens :]
             base_seed = (
                 zlib.crc32(f"{self.cfg.run.seed}:{task.task_id}".encode()) if rc.temperature > 0 else None
