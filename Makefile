@@ -2,7 +2,7 @@ PY ?= python
 PROTOS := $(wildcard proto/searchrl/proto/*.proto)
 STAMP := .setup.stamp
 
-.PHONY: setup proto test test-all test-slow test-deploy lint up bench clean helm-schema smoke-compose
+.PHONY: setup proto test test-all test-slow test-deploy lint demo up bench bench-demo clean helm-schema smoke-compose
 
 $(STAMP): pyproject.toml scripts/install-cpu.sh
 	PY=$(PY) bash scripts/install-cpu.sh
@@ -31,13 +31,20 @@ smoke-compose:  ## real docker-compose run on podman, as root on Debian 12 (depl
 lint:
 	ruff check . && ruff format --check .
 
-up: $(STAMP)  ## the main job on the embedded defaults: 3 steps of the tiny config
+demo: $(STAMP)  ## the main job on the embedded defaults: SmolLM2-135M learns to search the bundled world (~35 min)
+	searchrl demo
+
+up: $(STAMP)  ## the whole system as local processes: 3 steps of the tiny config (~3 min)
 	searchrl up -c configs/tiny.yaml --steps 3
 
 bench: $(STAMP)
 	$(PY) bench/trajectory_codec.py
 	$(PY) bench/retriever_batching.py
 	$(PY) bench/weight_sync.py
+	$(PY) bench/learner_step.py
+
+bench-demo: $(STAMP)  ## rerun the demo at seed 0 and print before/after held-out CEM (~35 min)
+	$(PY) bench/demo_learning.py --seed 0
 
 clean:
 	rm -rf runs $(STAMP)

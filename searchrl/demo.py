@@ -117,13 +117,22 @@ def plot(run_dir: Path, curve: list[tuple[int, float]]) -> list[Path]:
 def report(
     run_dir: Path, before: dict, after: dict, curve: list[tuple[int, float]], wall_s: float, seed: int
 ) -> str:
-    rows = ["| mode | model | EM | CEM | F1 | searches |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| mode | model | EM | CEM | F1 | CEM in text | searches |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for label, res in (("untrained", before), ("after RL", after)):
         for mode in MODES:
             m = res[mode]["all"]
             rows.append(
-                f"| {mode} | {label} | {m['em']:.3f} | {m['cem']:.3f} | {m['f1']:.3f} | {m['searches']:.2f} |"
+                f"| {mode} | {label} | {m['em']:.3f} | {m['cem']:.3f} | {m['f1']:.3f} | "
+                f"{m.get('cem_text', 0.0):.3f} | {m['searches']:.2f} |"
             )
+    types = [t for t in after["search-agent"] if t != "all"]
+    by_type = ["| search agent CEM | " + " | ".join(types) + " |", "|---|" + "---|" * len(types)]
+    for label, res in (("untrained", before), ("after RL", after)):
+        agent = res["search-agent"]
+        by_type.append(f"| {label} | " + " | ".join(f"{agent[t]['cem']:.3f}" for t in types) + " |")
     gain = after["search-agent"]["all"]["cem"] - before["search-agent"]["all"]["cem"]
     text = "\n".join(
         [
@@ -133,6 +142,12 @@ def report(
             f"{100 * gain:+.1f} points",
             "",
             *rows,
+            "",
+            "CEM scores the text inside <answer></answer> (R1-Searcher's metric). 'CEM in text' looks for the "
+            "gold answer anywhere in the model's own words (documents excluded), so it credits right answers "
+            "given in prose; for comparison questions it is met whenever both names are repeated.",
+            "",
+            *by_type,
             "",
             "Held-out CEM over training: " + ", ".join(f"step {s}: {c:.3f}" for s, c in curve),
             "",

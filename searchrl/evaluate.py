@@ -5,8 +5,9 @@ baselines):
 - `naive-rag`: the top-k passages for the question itself placed in the prompt (standard RAG);
 - `search-agent`: the rollout protocol's search loop (the trained agent), with the retriever in process.
 
-Every mode runs through the same `run_search_loop` (without a search budget for the first two), so decoding and
-answer extraction are identical. Returns per-item records and EM / CEM / F1 / searches per question type.
+Every mode runs through the same `run_search_loop` (the first two without searches and with one segment of answer
+budget), so decoding and answer extraction are identical. Returns per-item records and EM / CEM / F1 / searches
+per question type.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class EvalRecord:
     cem: float
     f1: float
     num_searches: int
+    # Gold answer anywhere in the model's own words (inserted documents excluded), tagged or not: credits a
+    # right answer given in prose, which the tagged-answer metrics above score 0.
+    cem_text: float = 0.0
 
 
 def spread(items: list, limit: int | None) -> list:
@@ -88,11 +92,12 @@ def evaluate(
             system, user = _question_for(mode, it, d)
             ids = build_prompt_ids(tokenizer, protocol, user, chat_template, system)
         samples.append(Sample(ids))
-    greedy = LoopLimits(
+    agent = mode == "search-agent"
+    greedy = LoopLimits(  # the baselines answer in one segment: they have nothing to wait for
         limits.top_k,
-        limits.max_searches if mode == "search-agent" else 0,
+        limits.max_searches if agent else 0,
         limits.segment_tokens,
-        limits.max_response_tokens,
+        limits.max_response_tokens if agent else limits.segment_tokens,
         temperature=0.0,
         top_p=1.0,
     )
@@ -103,6 +108,9 @@ def evaluate(
     for it, s in zip(items, samples, strict=True):
         text = tokenizer.decode(s.response_ids, skip_special_tokens=False)
         pred = extract_answer(text)
+        own = tokenizer.decode(
+            [t for t, m in zip(s.response_ids, s.loss_mask, strict=True) if m], skip_special_tokens=False
+        )
         out.append(
             EvalRecord(
                 it.question,
@@ -114,13 +122,14 @@ def evaluate(
                 cover_exact_match(pred, it.golden_answers),
                 f1_score(pred, it.golden_answers),
                 s.num_searches,
+                cover_exact_match(own, it.golden_answers),
             )
         )
     return out
 
 
 def summarize(records: list[EvalRecord]) -> dict[str, dict[str, float]]:
-    """Mean EM / CEM / F1 / searches overall and per question type (keys 'all' and each type)."""
+    """Mean EM / CEM / F1 / CEM-in-text / searches overall and per question type (keys 'all' and each type)."""
     groups: dict[str, list[EvalRecord]] = defaultdict(list)
     for r in records:
         groups["all"].append(r)
@@ -132,6 +141,7 @@ def summarize(records: list[EvalRecord]) -> dict[str, dict[str, float]]:
             "em": sum(r.em for r in rs) / len(rs),
             "cem": sum(r.cem for r in rs) / len(rs),
             "f1": sum(r.f1 for r in rs) / len(rs),
+            "cem_text": sum(r.cem_text for r in rs) / len(rs),
             "searches": sum(r.num_searches for r in rs) / len(rs),
         }
         for t, rs in groups.items()
@@ -139,12 +149,12 @@ def summarize(records: list[EvalRecord]) -> dict[str, dict[str, float]]:
 
 
 def format_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
-    lines = [f"{'mode':<14}{'type':<12}{'n':>5}{'EM':>8}{'CEM':>8}{'F1':>8}{'searches':>10}"]
+    lines = [f"{'mode':<14}{'type':<12}{'n':>5}{'EM':>8}{'CEM':>8}{'F1':>8}{'CEM-text':>10}{'searches':>10}"]
     for mode, by_type in results.items():
         for t, m in by_type.items():
             lines.append(
                 f"{mode:<14}{t:<12}{m['n']:>5}{m['em']:>8.3f}{m['cem']:>8.3f}{m['f1']:>8.3f}"
-                f"{m['searches']:>10.2f}"
+                f"{m.get('cem_text', 0.0):>10.3f}{m['searches']:>10.2f}"
             )
     return "\n".join(lines)
 

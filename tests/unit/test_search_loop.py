@@ -95,3 +95,30 @@ def test_budget_cuts_documents_and_segments():
     limits = LoopLimits(segment_tokens=5)
     samples, _, _ = run([["abcdefghij"]], limits)
     assert samples[0].finish_reason == "length" and len(samples[0].response_ids) == 5
+
+
+def test_examples_come_before_the_question_as_earlier_turns():
+    from transformers import AutoTokenizer
+
+    from searchrl.config import ExampleConfig
+    from searchrl.models import resolve_model
+    from searchrl_rollout.search_loop import build_prompt_ids
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("builtin:tiny-random", "~/.cache/searchrl/models", 0))
+    shot = ExampleConfig(
+        question="Who built X?",
+        response=" <|begin_of_query|> X <|end_of_query|> </think><answer> Y </answer>",
+    )
+    text = tok.decode(build_prompt_ids(tok, R1_SEARCHER, "Where is Z?", True, "Be brief.", [shot]))
+    sys_at, shot_q, shot_a, q_at = (
+        text.index(s) for s in ("Be brief.", "Who built X?", "<think> <|begin", "Where is Z?")
+    )
+    assert sys_at < shot_q < shot_a < q_at
+    assert text.endswith("<think>")  # the model starts inside its thinking after the real question
+    assert text.count("<|im_start|>assistant") == 2  # the example's answer turn and the open one
+
+    base = R1_SEARCHER.base_prompt("Where is Z?", "Be brief.", [shot])
+    assert base == (
+        "Be brief.\n\nUser:Who built X?\nAssistant: <think> <|begin_of_query|> X <|end_of_query|> </think>"
+        "<answer> Y </answer>\n\nUser:Where is Z?\nAssistant: <think>"
+    )

@@ -1,0 +1,64 @@
+"""Does the demo learn? Reruns `searchrl demo` at a fixed seed and prints the held-out CEM of the search agent
+before and after RL, the gain, and the baselines; `--record DIR` copies the run's config, metrics, report, plots
+and results into DIR (bench/results/<name>) so a run can be compared with later ones.
+
+Usage: python bench/demo_learning.py [--config configs/demo-cpu.yaml] [--seed 0] [--steps N] [--minutes M]
+                                     [--eval-questions 100] [--record bench/results/demo-cpu-seed0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+RECORDED = ("demo-config.yaml", "metrics.jsonl", "summary.json", "report.md", "results.json")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default="configs/demo-cpu.yaml")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--minutes", type=float)
+    ap.add_argument("--eval-questions", type=int, default=100)
+    ap.add_argument("--run-dir", help="default: a temp dir")
+    ap.add_argument("--record", help="copy config, metrics, report, plots and results here")
+    args = ap.parse_args()
+    run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="demo-learning-"))
+    cmd = [sys.executable, "-m", "searchrl.cli", "demo", "-c", args.config, "--run-dir", str(run_dir)]
+    cmd += ["--set", f"run.seed={args.seed}", "--eval-questions", str(args.eval_questions)]
+    if args.steps:
+        cmd += ["--steps", str(args.steps)]
+    if args.minutes:
+        cmd += ["--minutes", str(args.minutes)]
+    subprocess.run(cmd, check=True)
+    res = json.loads((run_dir / "results.json").read_text())
+    before, after = res["before"], res["after"]
+    print(
+        f"\nseed {args.seed}, {res['curve'][-1][0]} steps, wall {res['wall_s'] / 60:.1f} min"
+    )
+    for mode in ("no-retrieval", "naive-rag", "search-agent"):
+        b, a = before[mode]["all"], after[mode]["all"]
+        print(
+            f"{mode:<13} CEM {b['cem']:.3f} -> {a['cem']:.3f}   searches {b['searches']:.2f} -> {a['searches']:.2f}"
+        )
+    print(f"held-out CEM gain of the search agent: {100 * res['gain_cem']:+.1f} points")
+    if args.record:
+        dest = Path(args.record)
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in RECORDED:
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, dest / name)
+        for png in run_dir.glob("*.png"):
+            shutil.copy2(png, dest / png.name)
+        print(f"recorded in {dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
