@@ -39,9 +39,7 @@ def main() -> int:
     subprocess.run(cmd, check=True)
     res = json.loads((run_dir / "results.json").read_text())
     before, after = res["before"], res["after"]
-    print(
-        f"\nseed {args.seed}, {res['curve'][-1][0]} steps, wall {res['wall_s'] / 60:.1f} min"
-    )
+    print(f"\nseed {args.seed}, {res['curve'][-1][0]} steps, wall {res['wall_s'] / 60:.1f} min")
     for mode in ("no-retrieval", "naive-rag", "search-agent"):
         b, a = before[mode]["all"], after[mode]["all"]
         print(
