@@ -221,10 +221,8 @@ while :; do
     tail -n +"$((seen + 1))" "$METRICS" | "$PY" -c '
 import json, sys
 for line in sys.stdin:
-    m = json.loads(line)
-    print(f"  step {m[\"step\"]} v{m[\"policy_version\"]} stage {m[\"stage\"]} reward {m[\"reward_mean\"]:+.3f} "
-          f"searches {m[\"num_searches_mean\"]:.2f} gen {m[\"generate_s\"]:.1f}s train {m[\"train_s\"]:.1f}s "
-          f"sync {m[\"weight_sync_s\"]:.2f}s")'
+    print("  step {step} v{policy_version} stage {stage} reward {reward_mean:+.3f} searches {num_searches_mean:.2f} "
+          "gen {generate_s:.1f}s train {train_s:.1f}s sync {weight_sync_s:.2f}s".format(**json.loads(line)))'
     seen=$n
   fi
   [ "$n" -ge "$STEPS" ] && break
