@@ -28,7 +28,7 @@ SEARCHRL = ("retriever", "reward", "rollout", "trainer")
 CRDS = {"ServiceMonitor"}  # no schema in kubernetes-validate; checked structurally below
 
 
-def validate_all(objs: list[dict]) -> list[str]:
+def validate_all(objs: list[dict], version: str = KUBE_VERSION) -> list[str]:
     """kubernetes-validate --strict for every object; returns the failures (kind/name: message)."""
     import kubernetes_validate
 
@@ -37,7 +37,7 @@ def validate_all(objs: list[dict]) -> list[str]:
         if o["kind"] in CRDS:
             continue
         try:
-            kubernetes_validate.validate(o, KUBE_VERSION, strict=True)
+            kubernetes_validate.validate(o, version, strict=True)
         except kubernetes_validate.ValidationError as e:
             errors.append(f"{o['kind']}/{o['metadata']['name']}: {e.message} at {list(e.path)}")
     return errors
@@ -82,11 +82,13 @@ def test_lint_clean(name: str) -> None:
     assert lint_errors(ci_values()[name]) == []
 
 
+# Kubernetes 1.33 and the newest schemas kubernetes-validate ships (1.37).
+@pytest.mark.parametrize("version", [KUBE_VERSION, "1.37.0"])
 @pytest.mark.parametrize("name", sorted(ci_values()))
-def test_every_object_validates_strictly(rendered, name: str) -> None:
+def test_every_object_validates_strictly(rendered, name: str, version: str) -> None:
     objs = rendered[name]
     assert objs, "nothing rendered"
-    assert validate_all(objs) == []
+    assert validate_all(objs, version) == []
 
 
 @pytest.mark.parametrize("name", sorted(ci_values()))
