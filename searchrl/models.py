@@ -169,7 +169,7 @@ def _build_tiny_searcher(out: Path, seed: int, steps: int = 150, batch: int = 8)
 
     from searchrl.protocol import R1_SEARCHER
 
-    base = resolve_model(BUILTIN_PREFIX + TINY, str(out.parent.parent.parent), seed)
+    base = resolve_model(BUILTIN_PREFIX + TINY, str(out.parent.parent), seed)  # out: <cache>/models/.tmp
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     rng = random.Random(seed)

@@ -196,7 +196,16 @@ class RolloutWorker:
                 self.cfg.model.chat_template,
                 rc.system_prompt,
                 rc.examples,
-            )[-rc.max_prompt_tokens :]
+            )
+            if len(prompt) > rc.max_prompt_tokens:
+                log.warning(
+                    "task %s: prompt of %d tokens cut to rollout.max_prompt_tokens=%d from the left "
+                    "(instructions and examples first)",
+                    task.task_id,
+                    len(prompt),
+                    rc.max_prompt_tokens,
+                )
+                prompt = prompt[-rc.max_prompt_tokens :]
             base_seed = (
                 zlib.crc32(f"{self.cfg.run.seed}:{task.task_id}".encode()) if rc.temperature > 0 else None
             )
