@@ -78,39 +78,38 @@ def run_eval(
     }
 
 
-def plot(run_dir: Path, curve: list[tuple[int, float]]) -> list[Path]:
+def _line_plot(path: Path, xs: list, ys: list, title: str, marker: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(xs, ys, marker=marker)
+    ax.set_xlabel("step")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot(run_dir: Path, curve: list[tuple[int, float]]) -> list[Path]:
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [m["step"] for m in lines]
-    out = []
-    for key, title in (
-        ("reward_mean", "reward (train batch)"),
-        ("num_searches_mean", "searches per rollout"),
-        ("response_len_mean", "response length (tokens)"),
-    ):
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.plot(steps, [m[key] for m in lines], marker=".")
-        ax.set_xlabel("step")
-        ax.set_title(title)
-        fig.tight_layout()
-        path = run_dir / f"{key}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        out.append(path)
+    out = [
+        _line_plot(run_dir / f"{key}.png", steps, [m[key] for m in lines], title, ".")
+        for key, title in (
+            ("reward_mean", "reward (train batch)"),
+            ("num_searches_mean", "searches per rollout"),
+            ("response_len_mean", "response length (tokens)"),
+        )
+    ]
     if curve:
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.plot([s for s, _ in curve], [c for _, c in curve], marker="o")
-        ax.set_xlabel("step")
-        ax.set_title("held-out CEM (search agent, greedy)")
-        fig.tight_layout()
-        path = run_dir / "heldout_cem.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        out.append(path)
+        xs, ys = [s for s, _ in curve], [c for _, c in curve]
+        out.append(
+            _line_plot(run_dir / "heldout_cem.png", xs, ys, "held-out CEM (search agent, greedy)", "o")
+        )
     return out
 
 
@@ -126,7 +125,7 @@ def report(
             m = res[mode]["all"]
             rows.append(
                 f"| {mode} | {label} | {m['em']:.3f} | {m['cem']:.3f} | {m['f1']:.3f} | "
-                f"{m.get('cem_text', 0.0):.3f} | {m['searches']:.2f} |"
+                f"{m['cem_text']:.3f} | {m['searches']:.2f} |"
             )
     types = [t for t in after["search-agent"] if t != "all"]
     by_type = ["| search agent CEM | " + " | ".join(types) + " |", "|---|" + "---|" * len(types)]

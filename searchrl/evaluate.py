@@ -46,7 +46,7 @@ class EvalRecord:
     num_searches: int
     # Gold answer anywhere in the model's own words (inserted documents excluded), tagged or not: credits a
     # right answer given in prose, which the tagged-answer metrics above score 0.
-    cem_text: float = 0.0
+    cem_text: float
 
 
 def spread(items: list, limit: int | None) -> list:
@@ -154,7 +154,7 @@ def format_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
         for t, m in by_type.items():
             lines.append(
                 f"{mode:<14}{t:<12}{m['n']:>5}{m['em']:>8.3f}{m['cem']:>8.3f}{m['f1']:>8.3f}"
-                f"{m.get('cem_text', 0.0):>10.3f}{m['searches']:>10.2f}"
+                f"{m['cem_text']:>10.3f}{m['searches']:>10.2f}"
             )
     return "\n".join(lines)
 
