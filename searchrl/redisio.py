@@ -4,6 +4,9 @@ operations the services share (consumer groups, reading, reclaiming entries of d
 Keys (all under `streams.key_prefix`, default `searchrl`):
 - `<prefix>:policy_version`  newest published policy version (int)
 - `<prefix>:trained`         ledger: set of trajectory ids already trained on
+- `<prefix>:failed`          hash task id -> reason: prompt tasks a rollout worker dead-lettered (written by the
+                             worker in the transaction that dead-letters the task; drained by the trainer, which
+                             frees the task's slot and records the outcome)
 """
 
 from __future__ import annotations
@@ -176,3 +179,7 @@ def policy_version_key(prefix: str) -> str:
 
 def ledger_key(prefix: str) -> str:
     return f"{prefix}:trained"
+
+
+def failed_key(prefix: str) -> str:
+    return f"{prefix}:failed"
