@@ -98,6 +98,11 @@ class RewardConfig(_Section):
     metrics_port: int = 9102
     max_batch: int = Field(4096, ge=1)
     max_response_chars: int = Field(200_000, ge=1)
+    max_golden_answers: int = Field(
+        256, ge=1, description="Most golden answers (aliases) per item; each is matched against the answer."
+    )
+    max_golden_answer_chars: int = Field(2048, ge=1, description="Longest golden answer, in chars.")
+    max_question_chars: int = Field(16_384, ge=1, description="Longest question, in chars.")
     workers: int = Field(8, ge=1)
 
 

@@ -73,7 +73,6 @@ _SPECIAL_ANSWERS = frozenset({"yes", "no", "noanswer"})
 # string.punctuation plus typographic quotes/accents (R1-Searcher reward_server_llama_stage1.py l.29).
 _PUNCTUATION = frozenset(string.punctuation + "‘’´`")
 _ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
-_DOCUMENTS_RE = re.compile(re.escape(DOCS_OPEN) + r".*?" + re.escape(DOCS_CLOSE), flags=re.DOTALL)
 _BOOL_WORDS = {"true": "yes", "false": "no"}
 
 
@@ -135,32 +134,32 @@ def cover_exact_match(pred: str | None, golds: Sequence[str]) -> float:
 
     Order and contiguity are ignored (R1-Searcher ``cover_exact_match_score_1``, reward_server_llama_stage1.py
     l.49-55). Tokens come from ``str.split(" ")`` as in the seed, so an empty normalised gold ([""]) is covered
-    only by an empty normalised prediction.
+    only by an empty normalised prediction. The seed scans a list per gold token, quadratic in the sizes; a
+    set makes it linear.
     """
     _check_golds(golds)
     if pred is None:
         return 0.0
-    pred_tokens = normalize_answer(pred).split(" ")
+    pred_tokens = set(normalize_answer(pred).split(" "))
     for gold in golds:
         if all(tok in pred_tokens for tok in normalize_answer(gold).split(" ")):
             return 1.0
     return 0.0
 
 
-def _f1_single(pred_norm: str, gold_norm: str) -> float:
+def _f1_single(pred_norm: str, pred_counts: Counter[str], gold_norm: str) -> float:
     # R1-Searcher f1_score (reward_server_llama_stage2.py l.62-88): yes/no/noanswer on either side must match
-    # exactly; otherwise token-level F1 with multiset overlap.
+    # exactly; otherwise token-level F1 with multiset overlap. ``pred_counts`` is counted once for all golds.
     if pred_norm in _SPECIAL_ANSWERS and pred_norm != gold_norm:
         return 0.0
     if gold_norm in _SPECIAL_ANSWERS and pred_norm != gold_norm:
         return 0.0
-    pred_tokens = pred_norm.split()
-    gold_tokens = gold_norm.split()
-    num_same = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
+    gold_counts = Counter(gold_norm.split())
+    num_same = sum(min(n, pred_counts[tok]) for tok, n in gold_counts.items())
     if num_same == 0:
         return 0.0
-    precision = num_same / len(pred_tokens)
-    recall = num_same / len(gold_tokens)
+    precision = num_same / pred_counts.total()
+    recall = num_same / gold_counts.total()
     return 2 * precision * recall / (precision + recall)
 
 
@@ -173,7 +172,8 @@ def f1_score(pred: str | None, golds: Sequence[str]) -> float:
     if pred is None:
         return 0.0
     p = normalize_answer(pred)
-    return max(_f1_single(p, normalize_answer(g)) for g in golds)
+    counts = Counter(p.split())
+    return max(_f1_single(p, counts, normalize_answer(g)) for g in golds)
 
 
 # --- Tag accounting --------------------------------------------------------------------------------------------
@@ -213,11 +213,25 @@ def _think_answer_counts_ok(response: str) -> bool:
     )
 
 
+def _outside_documents(response: str) -> str:
+    # The response without each <|begin_of_documents|>...<|end_of_documents|> span (nearest closing tag; an
+    # unclosed opening tag stays). The seed's re.sub with ".*?" does the same but rescans to the end from every
+    # unclosed opening tag, quadratic in the response length; str.find resumes where the last span ended.
+    parts, pos = [], 0
+    while (start := response.find(DOCS_OPEN, pos)) >= 0:
+        end = response.find(DOCS_CLOSE, start + len(DOCS_OPEN))
+        if end < 0:
+            break
+        parts.append(response[pos:start])
+        pos = end + len(DOCS_CLOSE)
+    parts.append(response[pos:])
+    return "".join(parts)
+
+
 def _has_cjk_outside_documents(response: str) -> bool:
     # CJK unified ideographs U+4E00..U+9FFF anywhere except inside retrieved documents
     # (R1-Searcher reward_server_llama_stage2.py l.221-224).
-    outside = _DOCUMENTS_RE.sub("", response)
-    return any("\u4e00" <= ch <= "\u9fff" for ch in outside)
+    return any("\u4e00" <= ch <= "\u9fff" for ch in _outside_documents(response))
 
 
 # Protocol tags that must not occur inside the answer. The seed checks "begin_of_query" and

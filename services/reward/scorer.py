@@ -1,5 +1,9 @@
 """`RewardScorer`: request validation around the pure rules in `rules.py`. Used by the gRPC servicer, the
-`searchrl reward score` CLI and in-process evaluation, so all three enforce the same limits."""
+`searchrl reward score` CLI and in-process evaluation, so all three enforce the same limits.
+
+Every size a request controls is capped (items, response, question, gold count and gold length), and the rules
+are linear in those sizes, so one request's CPU cost is bounded by its size. A limit that is exceeded raises
+`InvalidArgument` naming the field, e.g. `items[3].golden_answers[1]`."""
 
 from __future__ import annotations
 
@@ -7,10 +11,13 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 
+from searchrl.config import RewardConfig
 from searchrl.grpcutil import InvalidArgument
 from searchrl_reward.rules import PRESETS, ScoreResult, score
 
 SCORED = Counter("searchrl_reward_items_total", "Responses scored", ["preset"])
+
+_DEFAULTS = RewardConfig()
 
 
 @dataclass(frozen=True)
@@ -21,9 +28,32 @@ class ScoreInput:
 
 
 class RewardScorer:
-    def __init__(self, max_batch: int = 4096, max_response_chars: int = 200_000) -> None:
+    """Validates a batch against the limits (defaults: those of `RewardConfig`), then scores it."""
+
+    def __init__(
+        self,
+        max_batch: int = _DEFAULTS.max_batch,
+        max_response_chars: int = _DEFAULTS.max_response_chars,
+        *,
+        max_golden_answers: int = _DEFAULTS.max_golden_answers,
+        max_golden_answer_chars: int = _DEFAULTS.max_golden_answer_chars,
+        max_question_chars: int = _DEFAULTS.max_question_chars,
+    ) -> None:
         self.max_batch = max_batch
         self.max_response_chars = max_response_chars
+        self.max_golden_answers = max_golden_answers
+        self.max_golden_answer_chars = max_golden_answer_chars
+        self.max_question_chars = max_question_chars
+
+    @classmethod
+    def from_config(cls, rc: RewardConfig) -> RewardScorer:
+        return cls(
+            rc.max_batch,
+            rc.max_response_chars,
+            max_golden_answers=rc.max_golden_answers,
+            max_golden_answer_chars=rc.max_golden_answer_chars,
+            max_question_chars=rc.max_question_chars,
+        )
 
     def validate(self, preset: str, items: list[ScoreInput]) -> None:
         if preset not in PRESETS:
@@ -33,11 +63,17 @@ class RewardScorer:
         if len(items) > self.max_batch:
             raise InvalidArgument("items", f"{len(items)} items exceed the limit of {self.max_batch}")
         for i, it in enumerate(items):
-            if len(it.response) > self.max_response_chars:
+            _check_chars(f"items[{i}].question", it.question, self.max_question_chars)
+            _check_chars(f"items[{i}].response", it.response, self.max_response_chars)
+            golds = it.golden_answers
+            if len(golds) > self.max_golden_answers:
                 raise InvalidArgument(
-                    f"items[{i}].response", f"has {len(it.response)} chars, limit {self.max_response_chars}"
+                    f"items[{i}].golden_answers",
+                    f"{len(golds)} answers exceed the limit of {self.max_golden_answers}",
                 )
-            if not it.golden_answers or not any(g.strip() for g in it.golden_answers):
+            for j, gold in enumerate(golds):
+                _check_chars(f"items[{i}].golden_answers[{j}]", gold, self.max_golden_answer_chars)
+            if not any(g.strip() for g in golds):
                 raise InvalidArgument(f"items[{i}].golden_answers", "needs at least one non-empty answer")
 
     def score(self, preset: str, items: list[ScoreInput]) -> list[ScoreResult]:
@@ -48,3 +84,8 @@ class RewardScorer:
         ]
         SCORED.labels(preset).inc(len(out))
         return out
+
+
+def _check_chars(field: str, text: str, limit: int) -> None:
+    if len(text) > limit:
+        raise InvalidArgument(field, f"has {len(text)} chars, limit {limit}")
