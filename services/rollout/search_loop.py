@@ -1,8 +1,11 @@
 """The search loop (R1-Searcher): generate until the query-closing tag, search, insert documents, continue.
 
 Contract of `run_search_loop(engine, search, tokenize, protocol, samples, limits)`:
-- every round generates one segment for all active samples in ONE engine call, then answers all pending queries
-  of the round with ONE `search(queries, top_k)` call;
+- every round generates one segment for all active samples in ONE engine call, then answers the pending queries
+  of the round with `search(queries, top_k)` calls of at most `max_search_batch` queries each, every query cut to
+  `max_query_chars` (the retriever's limits: a longer query or batch would fail the whole call);
+- a search call that raises costs only its own samples: they get an empty documents block and count the failure
+  (`Sample.search_failures`, `LoopTimings.search_errors`); the loop goes on;
 - a sample ends on EOS, on a segment that hits `segment_tokens` without a query, on an empty query, at
   `max_searches` retrievals (a further query ends the rollout), or when the response budget is spent;
 - per sample it records the response token ids, a loss mask that is 0 exactly on inserted document tokens (the
@@ -17,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from searchrl.config import RolloutConfig
+from searchrl.config import RetrieverConfig, RolloutConfig
 from searchrl.protocol import Example, Protocol
 from searchrl_rollout.engine import Engine, GenParams
 
@@ -33,11 +36,22 @@ class LoopLimits:
     max_response_tokens: int = 2048
     temperature: float = 1.0
     top_p: float = 0.95
+    max_query_chars: int = 2048
+    max_search_batch: int = 512
 
     @staticmethod
-    def from_config(rc: RolloutConfig) -> LoopLimits:
+    def from_config(rc: RolloutConfig, retriever: RetrieverConfig | None = None) -> LoopLimits:
+        """The rollout's limits; the query limits are `retriever`'s (the defaults' when None)."""
+        ret = retriever or RetrieverConfig()
         return LoopLimits(
-            rc.top_k, rc.max_searches, rc.segment_tokens, rc.max_response_tokens, rc.temperature, rc.top_p
+            rc.top_k,
+            rc.max_searches,
+            rc.segment_tokens,
+            rc.max_response_tokens,
+            rc.temperature,
+            rc.top_p,
+            ret.max_query_chars,
+            ret.max_batch,
         )
 
 
@@ -49,6 +63,7 @@ class Sample:
     loss_mask: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     num_searches: int = 0
+    search_failures: int = 0
     finish_reason: str = ""
     queries: list[str] = field(default_factory=list)
 
@@ -62,6 +77,8 @@ class LoopTimings:
     generate_s: float = 0.0
     retrieve_s: float = 0.0
     rounds: int = 0
+    search_calls: int = 0
+    search_errors: list[Exception] = field(default_factory=list)
 
 
 def _append(sample: Sample, ids: list[int], mask: int, logprobs: list[float] | None = None) -> None:
@@ -108,28 +125,49 @@ def run_search_loop(
                 elif len(s.response_ids) >= limits.max_response_tokens:
                     s.finish_reason = "length"
                 else:
-                    pending.append((s, query))
+                    pending.append((s, query[: limits.max_query_chars]))
             elif out.finish_reason == "length":
                 s.finish_reason = "length"
             else:
                 s.finish_reason = "eos"
 
-        if pending:
-            t0 = time.perf_counter()
-            docs = search([q for _, q in pending], limits.top_k)
-            timings.retrieve_s += time.perf_counter() - t0
-            for (s, query), passages in zip(pending, docs, strict=True):
-                s.num_searches += 1
-                s.queries.append(query)
-                ids = tokenize(protocol.format_documents(passages))
-                room = limits.max_response_tokens - len(s.response_ids)
-                if len(ids) >= room:
-                    _append(s, ids[:room], 0)
-                    s.finish_reason = "length"
-                else:
-                    _append(s, ids, 0)
+        for start in range(0, len(pending), limits.max_search_batch):
+            _search_and_insert(
+                search, tokenize, protocol, pending[start : start + limits.max_search_batch], limits, timings
+            )
         active = [s for s in samples if not s.done]
     return timings
+
+
+def _search_and_insert(
+    search: SearchFn,
+    tokenize: TokenizeFn,
+    protocol: Protocol,
+    pending: list[tuple[Sample, str]],
+    limits: LoopLimits,
+    timings: LoopTimings,
+) -> None:
+    """One search call for `pending`; each sample gets its documents (an empty block if the call failed)."""
+    t0 = time.perf_counter()
+    timings.search_calls += 1
+    try:
+        docs = search([q for _, q in pending], limits.top_k)
+    except Exception as e:  # noqa: BLE001 - the search function is the loop's boundary; the caller judges e
+        timings.search_errors.append(e)
+        docs = [[] for _ in pending]
+        for s, _ in pending:
+            s.search_failures += 1
+    timings.retrieve_s += time.perf_counter() - t0
+    for (s, query), passages in zip(pending, docs, strict=True):
+        s.num_searches += 1
+        s.queries.append(query)
+        ids = tokenize(protocol.format_documents(passages))
+        room = limits.max_response_tokens - len(s.response_ids)
+        if len(ids) >= room:
+            _append(s, ids[:room], 0)
+            s.finish_reason = "length"
+        else:
+            _append(s, ids, 0)
 
 
 def build_prompt_ids(

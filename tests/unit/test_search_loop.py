@@ -122,3 +122,37 @@ def test_examples_come_before_the_question_as_earlier_turns():
         "Be brief.\n\nUser:Who built X?\nAssistant: <think> <|begin_of_query|> X <|end_of_query|> </think>"
         "<answer> Y </answer>\n\nUser:Where is Z?\nAssistant: <think>"
     )
+
+
+def test_queries_are_truncated_and_split_into_calls_of_at_most_max_search_batch():
+    scripts = [
+        [f"<|begin_of_query|> q{i}{'x' * 50} <|end_of_query|>", "</think><answer> a </answer>"]
+        for i in range(5)
+    ]
+    limits = LoopLimits(top_k=1, max_searches=2, max_query_chars=10, max_search_batch=2)
+    samples, searched, _ = run(scripts, limits)
+    assert [len(call) for call in searched] == [2, 2, 1]  # 5 queries of one round, at most 2 per call
+    assert [q for call in searched for q in call] == [f"q{i}{'x' * 8}" for i in range(5)]
+    assert all(s.queries == [searched[i // 2][i % 2]] and s.num_searches == 1 for i, s in enumerate(samples))
+
+
+def test_a_failed_search_call_costs_only_its_samples():
+    scripts = [
+        [f"<|begin_of_query|> q{i} <|end_of_query|>", "</think><answer> a </answer>"] for i in range(3)
+    ]
+
+    def search(queries, k):
+        if "q0" in queries:
+            raise RuntimeError("retriever rejected the request")
+        return [[f"doc-{q}"] for q in queries]
+
+    samples = [Sample([i]) for i in range(3)]
+    limits = LoopLimits(top_k=1, max_searches=2, max_search_batch=2)
+    timings = run_search_loop(ScriptedEngine(scripts), search, tokenize, R1_SEARCHER, samples, limits)
+    assert timings.search_calls == 2 and [str(e) for e in timings.search_errors] == [
+        "retriever rejected the request"
+    ]
+    empty = R1_SEARCHER.format_documents([])
+    assert [text_where(s, 0) for s in samples] == [empty, empty, R1_SEARCHER.format_documents(["doc-q2"])]
+    assert [s.search_failures for s in samples] == [1, 1, 0]
+    assert all(s.finish_reason == "eos" and s.num_searches == 1 for s in samples)
