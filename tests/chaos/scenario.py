@@ -1,0 +1,132 @@
+"""One chaos run: the cluster on its own Redis, the faults injected into it with their recovery times, and the
+verdict after the trainer finished (`searchrl audit` plus the independent `accounting`), as one report row."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from searchrl.redisio import connect
+from tests.chaos.accounting import Accounting, account
+from tests.chaos.harness import Cluster, RedisServer
+
+COLUMNS = (
+    "scenario",
+    "faults",
+    "recover s",
+    "steps done",
+    "redone steps",
+    "trained twice",
+    "lost",
+    "dead-lettered",
+    "audit",
+    "result",
+)
+
+
+@dataclass
+class Fault:
+    label: str
+    t0: float
+    steps_before: int
+    recover_s: float | None = None
+
+
+@dataclass
+class Run:
+    name: str
+    cluster: Cluster
+    redis: RedisServer
+    faults: list[Fault] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # contract breaches seen while the run went on
+    row: dict[str, str] | None = None
+    audit_rc: int | None = None
+
+    @property
+    def cfg(self):  # noqa: ANN201 - searchrl.config.Config
+        return self.cluster.cfg
+
+    def fault(self, label: str) -> Fault:
+        """Mark the moment a fault is injected (call it right before injecting)."""
+        f = Fault(label, time.monotonic(), self.cluster.committed())
+        self.faults.append(f)
+        return f
+
+    def expect(self, ok: bool, problem: str) -> None:
+        """Note a breach without stopping the run, so the row still shows how the run ended."""
+        if not ok:
+            self.problems.append(problem)
+
+    def recovered(self, f: Fault, timeout: float = 600.0) -> float:
+        """Block until a step is committed after the fault; its recovery time is from the fault to that step."""
+        self.cluster.wait_committed(f.steps_before + 1, timeout)
+        f.recover_s = time.monotonic() - f.t0
+        return f.recover_s
+
+    # ---- the verdict -----------------------------------------------------------------------------------------
+
+    def finish(
+        self, checks: Callable[[Accounting], list[str]] = lambda _: [], timeout: float = 900.0
+    ) -> None:
+        """Wait for `max_steps`, stop the services, then audit and account (plus the scenario's own `checks`);
+        record the row and assert it is clean (every problem listed in the one assertion message)."""
+        max_steps = self.cfg.trainer.max_steps
+        self.cluster.wait_until("trainer done", lambda: self.cluster.trainer_status().done, timeout, 1.0)
+        status = self.cluster.trainer_status()
+        self.cluster.stop_services()
+        acc, problems = self.verdict()
+        problems += checks(acc)
+        if status.step != max_steps:
+            problems.insert(0, f"trainer reports step {status.step} at the end, not {max_steps}")
+        self.record(acc, problems)
+        assert not problems, "\n".join(problems)
+
+    def audit(self) -> tuple[int, str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "searchrl.cli", "audit", "--run-dir", str(self.cluster.run_dir), "--json"],
+            env=self.cluster.env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        return proc.returncode, (proc.stdout + proc.stderr).strip()
+
+    def verdict(self) -> tuple[Accounting, list[str]]:
+        rc, out = self.audit()
+        r = connect(self.redis.url)
+        try:
+            acc = account(r, self.cfg, self.cluster.run_dir)
+        finally:
+            r.close()
+        problems = self.problems + acc.problems(self.cfg.trainer.max_steps)
+        if rc != 0:
+            problems.append(f"searchrl audit exited {rc}: {out[-1500:]}")
+        self.audit_rc = rc
+        return acc, problems
+
+    def record(self, acc: Accounting | None, problems: list[str]) -> None:
+        def rc_text(rc: int | None) -> str:
+            return {None: "not run", 0: "pass", 1: "FAIL"}.get(rc, f"error (exit {rc})")
+
+        self.row = {
+            "scenario": self.name,
+            "faults": "; ".join(f.label for f in self.faults) or "none",
+            "recover s": " / ".join("-" if f.recover_s is None else f"{f.recover_s:.0f}" for f in self.faults)
+            or "-",
+            "steps done": str(acc.steps[-1] if acc and acc.steps else 0),
+            "redone steps": str(len(acc.redone_steps)) if acc else "?",
+            "trained twice": str(acc.trained_twice) if acc else "?",
+            "lost": str(len(acc.lost)) if acc else "?",
+            "dead-lettered": str(len(acc.dead)) if acc else "?",
+            "audit": rc_text(self.audit_rc),
+            "result": "pass" if not problems else problems[0].splitlines()[0][:160],
+        }
+
+
+def markdown(rows: list[dict[str, str]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row[c].replace("|", "/") for c in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
