@@ -6,22 +6,42 @@ Contract:
 - Unknown keys and bad values raise `ConfigError` naming the dotted key and the file (or `--set` for overrides).
 - Environment variables are read only for deployment wiring: service addresses and the Redis URL/password
   (`SEARCHRL_REDIS_URL`, `SEARCHRL_RETRIEVER_ADDR`, `SEARCHRL_REWARD_ADDR`, `SEARCHRL_TRAINER_ADDR`,
-  `SEARCHRL_ROLLOUT_ADDRS`). They override the `addresses` section.
+  `SEARCHRL_ROLLOUT_ADDRS`). They override the `addresses` section. The gRPC bearer token comes from
+  `SEARCHRL_TOKEN` or `security.token_file` (`read_token`) and is never part of the tree.
+- Secrets never leave through this module: `dump_config` and every `ConfigError` pass through `redact`, which
+  masks URL passwords and `token=`/`password=` values with ***.
 This module knows nothing about how the services use the values.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+_URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s/]+@", re.IGNORECASE)
+_SECRET_VALUE = re.compile(
+    r"((?:token|password|secret|passwd)(?!_file)[\w.-]*['\"]?\s*[=:]\s*)[^\s,'\"]+", re.I
+)
+
+
+def redact(text: str) -> str:
+    """`text` with URL userinfo passwords, `token=`/`password: ` values and the SEARCHRL_TOKEN value as ***."""
+    text = _SECRET_VALUE.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
+    token = os.environ.get("SEARCHRL_TOKEN", "").strip()
+    return text.replace(token, "***") if token else text
 
 
 class ConfigError(ValueError):
-    """A configuration problem; the message names the key and where it came from."""
+    """A configuration problem; the message names the key and where it came from, never a secret (redacted)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 class _Section(BaseModel):
@@ -58,6 +78,12 @@ class StreamsConfig(_Section):
         description="Pending entries idle this long belong to a dead consumer and are reclaimed.",
     )
     maxlen: int = Field(100_000, ge=100, description="Approximate cap on stream length (XADD MAXLEN ~).")
+    max_deliveries: int = Field(
+        3,
+        ge=1,
+        description="A prompt task delivered more often than this (its workers crashed or timed out on it; "
+        "XPENDING times_delivered) is moved to <prompts>:dead and reported to the trainer.",
+    )
 
 
 class ModelConfig(_Section):
@@ -74,6 +100,12 @@ class ModelConfig(_Section):
 class RetrieverConfig(_Section):
     port: int = 50051
     metrics_port: int = 9101
+    health_port: int = Field(
+        50061,
+        ge=0,
+        le=65535,
+        description="Plain-text port serving only grpc.health.v1 on its own threads (probes); 0 = none.",
+    )
     corpus: str = Field(
         "data/tiny/corpus.jsonl", description="JSONL with id/title/text or Search-R1 id/contents."
     )
@@ -96,6 +128,12 @@ class RetrieverConfig(_Section):
 class RewardConfig(_Section):
     port: int = 50052
     metrics_port: int = 9102
+    health_port: int = Field(
+        50062,
+        ge=0,
+        le=65535,
+        description="Plain-text port serving only grpc.health.v1 on its own threads (probes); 0 = none.",
+    )
     max_batch: int = Field(4096, ge=1)
     max_response_chars: int = Field(200_000, ge=1)
     max_golden_answers: int = Field(
@@ -120,6 +158,12 @@ class ExampleConfig(_Section):
 class RolloutConfig(_Section):
     port: int = 50054
     metrics_port: int = 9104
+    health_port: int = Field(
+        50064,
+        ge=0,
+        le=65535,
+        description="Plain-text port serving only grpc.health.v1 on its own threads (probes); 0 = none.",
+    )
     protocol: Literal["r1searcher"] = "r1searcher"
     system_prompt: str = Field("", description="Overrides the protocol's instructions when non-empty.")
     examples: list[ExampleConfig] = Field(
@@ -148,6 +192,12 @@ class RolloutConfig(_Section):
     )
     enforce_eager: bool = True
     weights_dir: str = Field("", description="Local dir for pulled weights; '' = a temp dir.")
+    weights_pull_timeout_s: float = Field(
+        600.0,
+        gt=0.0,
+        description="Deadline of one weight pull (the GetWeights stream), and how long a worker keeps retrying "
+        "while the version is not published yet; raise it for large models on slow links.",
+    )
     poll_interval_s: float = Field(0.5, gt=0.0, description="How often an idle worker checks Redis.")
     workers: int = Field(4, ge=1)
 
@@ -164,6 +214,12 @@ class StageConfig(_Section):
 class TrainerConfig(_Section):
     port: int = 50053
     metrics_port: int = 9103
+    health_port: int = Field(
+        50063,
+        ge=0,
+        le=65535,
+        description="Plain-text port serving only grpc.health.v1 on its own threads (probes); 0 = none.",
+    )
     algo: Literal["reinforce_pp", "grpo"] = "reinforce_pp"
     group_size: int = Field(16, ge=1, description="Samples per prompt (R1-Searcher: 16, ReSearch: 5).")
     groups_per_step: int = Field(8, ge=1)
@@ -193,7 +249,26 @@ class TrainerConfig(_Section):
     max_staleness: int = Field(
         0, ge=0, description="Drop groups older than this many policy versions (0 = on-policy)."
     )
-    save_every: int = Field(50, ge=0, description="Checkpoint every N steps (0 = only at the end).")
+    save_every: int = Field(
+        50,
+        ge=0,
+        description="Checkpoint every N steps (0 = only at the end and on a stop). Trajectories stay pending in "
+        "Redis until a checkpoint covers their step; a crash rolls back to the last checkpoint and trains the "
+        "steps since then again (docs/reliability.md).",
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk; older ones are deleted.")
+    task_timeout_s: float = Field(
+        1800.0,
+        gt=0.0,
+        description="A prompt task unresolved this long after it was issued is dropped as expired and replaced "
+        "(a lost or never-completing group must not hold its slot forever).",
+    )
+    stall_factor: float = Field(
+        5.0,
+        gt=1.0,
+        description="Waiting for groups longer than this many times the usual wait (at least 60 s) is logged "
+        "as a stall, exported as searchrl_trainer_stalled and reported by Trainer.GetStatus.",
+    )
     max_steps: int = Field(10, ge=1)
     max_minutes: float = Field(
         0.0, ge=0.0, description="Stop after this much training wall time (0 = no limit)."
@@ -206,11 +281,59 @@ class TrainerConfig(_Section):
     weight_chunk_bytes: int = Field(4 << 20, ge=1024)
     dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
     workers: int = Field(8, ge=1)
+    max_weight_streams: int = Field(
+        4,
+        ge=1,
+        description="Concurrent GetWeights streams; more get RESOURCE_EXHAUSTED (pullers retry). Keep it below "
+        "`workers` so status calls still find a thread.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainerConfig:
         if not self.stages:
             raise ValueError("stages: at least one stage is required")
+        return self
+
+
+class SecurityConfig(_Section):
+    """Credentials of every gRPC server and client. Secrets are never stored here: the shared bearer token is
+    read from `token_file` or the SEARCHRL_TOKEN env var (which wins), TLS keys from files.
+
+    A server with a credential (token, or TLS with client auth) requires it on every RPC except grpc.health.v1
+    (UNAUTHENTICATED otherwise); one without binds loopback only, like Redis's protected mode, unless `insecure`.
+    Metrics and the health port stay open and plain text. Checkpoints are not covered: DeepSpeed's
+    load_checkpoint unpickles them (torch.load), so whoever can write the run dir's checkpoints/ can run code in
+    the trainer; keep that volume writable by the trainer only.
+    """
+
+    token_file: str = Field(
+        "",
+        description="File holding the shared bearer token (>= 16 visible ASCII chars); '' = SEARCHRL_TOKEN.",
+    )
+    bind_host: str = Field(
+        "",
+        description="Address the gRPC, health and metrics servers listen on; '' = all interfaces when a "
+        "credential is configured, else 127.0.0.1. `searchrl up` uses 127.0.0.1 unless this is set.",
+    )
+    insecure: bool = Field(
+        False, description="Allow a non-loopback bind_host without any credential (a trusted network only)."
+    )
+    tls_cert: str = Field(
+        "",
+        description="PEM certificate chain: turns TLS on for servers and clients (and is the mTLS client cert).",
+    )
+    tls_key: str = Field("", description="PEM private key of tls_cert.")
+    tls_ca: str = Field("", description="PEM CA bundle that verifies peers; '' = the system roots.")
+    tls_client_auth: bool = Field(False, description="mTLS: servers require client certs signed by tls_ca.")
+
+    @model_validator(mode="after")
+    def _check(self) -> SecurityConfig:
+        if self.tls_cert and not self.tls_key:
+            raise ValueError("security.tls_key: required with tls_cert")
+        if (self.tls_key or self.tls_ca or self.tls_client_auth) and not self.tls_cert:
+            raise ValueError("security.tls_cert: required with tls_key / tls_ca / tls_client_auth")
+        if self.tls_client_auth and not self.tls_ca:
+            raise ValueError("security.tls_ca: required with tls_client_auth (it verifies the client certs)")
         return self
 
 
@@ -223,8 +346,94 @@ class Config(_Section):
     reward: RewardConfig = Field(default_factory=RewardConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
 
     source: str = Field("<defaults>", exclude=True, description="File the config came from (for messages).")
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> Config:
+        """Checks across fields and sections; every contradiction is reported at once, each under the dotted
+        key to change, so `load_config` names it with the file. Most would otherwise become runtime stalls."""
+        from searchrl.grpcutil import MAX_MESSAGE_BYTES  # lazily: grpcutil may import this module
+
+        ro, tr = self.rollout, self.trainer
+        errors: list[tuple[tuple[str | int, ...], str]] = []
+        if ro.top_k > self.retriever.max_top_k:
+            errors.append(
+                (("rollout", "top_k"), f"{ro.top_k} exceeds retriever.max_top_k ({self.retriever.max_top_k})")
+            )
+        if (n := ro.tasks_per_batch * tr.group_size) > self.reward.max_batch:
+            errors.append(
+                (
+                    ("rollout", "tasks_per_batch"),
+                    f"rollout.tasks_per_batch x trainer.group_size = {n} responses per Score call exceed "
+                    f"reward.max_batch ({self.reward.max_batch})",
+                )
+            )
+        if (n := ro.max_prompt_tokens + ro.max_response_tokens) > ro.max_model_len:
+            errors.append(
+                (
+                    ("rollout", "max_prompt_tokens"),
+                    f"{ro.max_prompt_tokens} + rollout.max_response_tokens ({ro.max_response_tokens}) make "
+                    f"{n}, more than rollout.max_model_len ({ro.max_model_len})",
+                )
+            )
+        if tr.weight_chunk_bytes > (limit := MAX_MESSAGE_BYTES - _CHUNK_HEADROOM_BYTES):
+            errors.append(
+                (
+                    ("trainer", "weight_chunk_bytes"),
+                    f"{tr.weight_chunk_bytes} leaves no room for the chunk's other fields in the "
+                    f"{MAX_MESSAGE_BYTES >> 20} MiB gRPC message limit (at most {limit})",
+                )
+            )
+        if self.streams.prompts == self.streams.trajectories:
+            errors.append((("streams", "trajectories"), f"equals streams.prompts ({self.streams.prompts!r})"))
+        for name in ("retriever", "reward", "rollout", "trainer"):
+            errors += _port_errors(name, getattr(self, name))
+        first_of: dict[str, int] = {}
+        for i, stage in enumerate(tr.stages):
+            if (j := first_of.setdefault(stage.name, i)) != i:
+                errors.append(
+                    (
+                        ("trainer", "stages", i, "name"),
+                        f"{stage.name!r} is also the name of trainer.stages.{j} (each stage keeps its own data "
+                        "cursor under its name; unnamed stages are all 'stage1')",
+                    )
+                )
+        if errors:
+            raise ValidationError.from_exception_data(
+                "Config",
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("cross_field", "{message}", {"message": m}),
+                        loc=loc,
+                        input=None,
+                    )
+                    for loc, m in errors
+                ],
+            )
+        return self
+
+
+# Room in a WeightChunk message for its fields other than `data` (versions, offsets, the sha256 hex).
+_CHUNK_HEADROOM_BYTES = 64 << 10
+
+
+def _port_errors(name: str, section: BaseModel) -> list[tuple[tuple[str | int, ...], str]]:
+    """`port` in [1, 65535]; every other `*_port` (metrics, health) in [0, 65535], 0 = off; no two equal."""
+    errors: list[tuple[tuple[str | int, ...], str]] = []
+    seen: dict[int, str] = {}
+    for field, value in section:
+        if field != "port" and not field.endswith("_port"):
+            continue
+        low = 1 if field == "port" else 0
+        if not low <= value <= 65535:
+            off = "" if low else " (0 = off)"
+            errors.append(((name, field), f"{value} is not a port in [{low}, 65535]{off}"))
+        elif value and value in seen:
+            errors.append(((name, field), f"{value} is also {name}.{seen[value]}"))
+        seen.setdefault(value, field)
+    return errors
 
 
 _ENV_ADDRESSES = {
@@ -299,5 +508,33 @@ def _apply_env(cfg: Config) -> None:
 
 
 def dump_config(cfg: Config) -> str:
-    """The effective config as YAML (written into the run dir so a run can be reproduced)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The effective config as YAML (written into the run dir so a run can be reproduced), secrets redacted:
+    the services read the Redis URL from SEARCHRL_REDIS_URL, never from this file."""
+    return redact(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+MIN_TOKEN_CHARS = 16
+
+
+def read_token(security: SecurityConfig) -> str:
+    """The shared bearer token: SEARCHRL_TOKEN, else the content of `security.token_file`, else '' (none).
+    Errors name the source, never the value."""
+    if os.environ.get("SEARCHRL_TOKEN"):
+        token, source = os.environ["SEARCHRL_TOKEN"].strip(), "SEARCHRL_TOKEN"
+    elif security.token_file:
+        source = f"security.token_file ({security.token_file})"
+        try:
+            token = Path(security.token_file).expanduser().read_text().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(
+                f"{source}: cannot read: {getattr(e, 'strerror', None) or type(e).__name__}"
+            ) from None
+        if not token:
+            raise ConfigError(f"{source}: empty")
+    else:
+        return ""
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ConfigError(f"{source}: the token must have at least {MIN_TOKEN_CHARS} characters")
+    if not all("!" <= c <= "~" for c in token):
+        raise ConfigError(f"{source}: the token must be visible ASCII without any space")
+    return token

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -52,15 +53,17 @@ def redis_server_binary() -> str:
 
 @dataclass
 class EmbeddedRedis:
-    """A private redis-server on a free loopback port; `stop()` shuts it down."""
+    """A private redis-server on a free loopback port with a random password (in `url`, never in its command
+    line); `stop()` shuts it down."""
 
     proc: subprocess.Popen[bytes]
     port: int
     workdir: str
+    password: str
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     @staticmethod
     def start(workdir: str | None = None, persist: bool = False, timeout: float = 10.0) -> EmbeddedRedis:
@@ -68,12 +71,22 @@ class EmbeddedRedis:
         wd = workdir or tempfile.mkdtemp(prefix="searchrl-redis-")
         os.makedirs(wd, exist_ok=True)
         # Streams are the queue: with persist, append-only fsync every second so a restart loses < 1 s.
-        args = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", wd, "--save", ""]
+        # The password goes in through stdin ("-": config from stdin), so `ps` does not show it to other users.
+        password = secrets.token_hex(24)
+        args = [redis_server_binary(), "-", "--port", str(port), "--bind", "127.0.0.1", "--dir", wd]
+        args += ["--save", ""]
         args += ["--appendonly", "yes", "--appendfsync", "everysec"] if persist else ["--appendonly", "no"]
         proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
         )
-        client = redis.Redis(port=port)
+        assert proc.stdin is not None
+        proc.stdin.write(f"requirepass {password}\n".encode())
+        proc.stdin.close()
+        client = redis.Redis(host="127.0.0.1", port=port, password=password)
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -84,7 +97,7 @@ class EmbeddedRedis:
                     proc.kill()
                     raise RuntimeError(f"embedded redis-server did not start on port {port}") from None
                 time.sleep(0.05)
-        return EmbeddedRedis(proc, port, wd)
+        return EmbeddedRedis(proc, port, wd, password)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -95,8 +108,19 @@ class EmbeddedRedis:
                 self.proc.kill()
 
 
-def connect(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_keepalive=True, health_check_interval=30)
+def connect(url: str, retries: int = 8) -> redis.Redis:
+    """A client that rides out a Redis restart or failover: a command (a whole MULTI/EXEC included) is re-sent
+    on connection errors, timeouts and LOADING (AOF replay) with jittered exponential backoff, ~1 min in all."""
+    from redis.backoff import ExponentialWithJitterBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(
+        url,
+        socket_keepalive=True,
+        health_check_interval=30,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.25, cap=10.0), retries),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError],
+    )
 
 
 def ensure_group(r: redis.Redis, stream: str, group: str) -> None:
@@ -134,6 +158,43 @@ def own_pending(r: redis.Redis, stream: str, group: str, consumer: str, count: i
     return out
 
 
+def take_over_pending(
+    r: redis.Redis, stream: str, group: str, consumer: str, page: int = 1000
+) -> list[Entry]:
+    """Every entry pending in `group`, moved to `consumer` (for a group with ONE live consumer, like the trainer,
+    after a restart or a rename): its own and any other consumer's, whatever their idle time. Entries deleted
+    from the stream meanwhile are acked and left out."""
+    summary = r.xpending(stream, group)
+    for c in summary.get("consumers") or []:
+        name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+        if name == consumer:
+            continue
+        while True:
+            rows = r.xpending_range(stream, group, "-", "+", page, consumername=name)
+            if not rows:
+                break
+            r.xclaim(stream, group, consumer, 0, [row["message_id"] for row in rows], justid=True)
+            if len(rows) < page:
+                break
+    out: list[Entry] = []
+    last = "0"
+    while True:
+        resp = r.xreadgroup(group, consumer, {stream: last}, count=page)
+        entries = resp[0][1] if resp else []
+        if not entries:
+            return out
+        gone = []
+        for eid, fields in entries:
+            eid = eid.decode() if isinstance(eid, bytes) else eid
+            if fields:
+                out.append((eid, fields))
+            else:
+                gone.append(eid)
+            last = eid
+        if gone:
+            r.xack(stream, group, *gone)
+
+
 class Reclaimer:
     """Takes over entries pending longer than `min_idle_ms` at other (dead) consumers with XAUTOCLAIM, walking the
     pending list with a cursor across calls so that a long list of live entries at its head cannot hide idle
@@ -167,10 +228,27 @@ class Reclaimer:
         ]
 
 
-def touch(r: redis.Redis, stream: str, group: str, consumer: str, ids: list[str]) -> None:
-    """Reset the idle time of entries this live consumer still works on, so nobody reclaims them."""
-    if ids:
-        r.xclaim(stream, group, consumer, min_idle_time=0, message_ids=ids, justid=True)
+# Per id, atomically: still pending at this consumer? then reset its idle time (XCLAIM JUSTID: no extra delivery).
+_TOUCH = """
+local owned = {}
+for i = 3, #ARGV do
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2]) > 0 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    owned[#owned + 1] = ARGV[i]
+  end
+end
+return owned
+"""
+
+
+def touch(r: redis.Redis, stream: str, group: str, consumer: str, ids: list[str]) -> list[str]:
+    """Reset the idle time of the entries in `ids` that are still pending at this live consumer, so nobody
+    reclaims them; returns those ids. An id missing from the result was acked, or reclaimed by another consumer
+    (which keeps it: a plain XCLAIM would steal it back and have the task done twice)."""
+    if not ids:
+        return []
+    got = r.eval(_TOUCH, 1, stream, group, consumer, *ids)
+    return [i.decode() if isinstance(i, bytes) else i for i in got]
 
 
 def policy_version_key(prefix: str) -> str:
