@@ -3,7 +3,13 @@
 Contract:
 - `Embedder.encode(texts)` returns L2-normalised float32 [N, D] (inner product = cosine).
 - `DenseIndex.build(passages, embedder)` embeds the corpus with a progress bar; `save(dir)` / `load(dir)` persist
-  the FAISS index, the passages and a meta.json naming the embedder and corpus, so a stale index is detected.
+  the FAISS index, the passages and a meta.json recording its `IndexKey`: the embedder, the passage prefix and
+  a fingerprint of the passages (ids, titles, texts, order), i.e. everything the stored vectors depend on.
+  `is_current(dir, key)` is True only when the saved index has exactly that key. The query instruction is not
+  part of it: it is applied to queries at search time and never changes the stored vectors.
+- `save` is atomic: the files are written and fsynced in a temp dir inside `dir`, the old meta.json is removed,
+  the data files are renamed into place and meta.json comes last. A crash at any point leaves either the old
+  index with its meta or no meta (not current: rebuilt), never a meta next to files it does not describe.
 - `DenseIndex.search(query_vectors, k)` returns per query a list of (passage, score), best first.
 - GPU placement (faiss-gpu, `index_cpu_to_all_gpus`) happens when FAISS sees GPUs and device is auto/cuda.
 This module does no networking.
@@ -15,6 +21,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,49 +86,78 @@ class Embedder:
 
 
 def corpus_fingerprint(passages: list[Passage]) -> str:
+    """Hash of the passages' ids, titles and texts in order (the title is embedded with the text)."""
     h = hashlib.sha256()
     for p in passages:
-        h.update(p.id.encode())
-        h.update(b"\0")
-        h.update(p.text.encode())
-        h.update(b"\0")
+        for part in (p.id, p.title, p.text):
+            h.update(part.encode())
+            h.update(b"\0")
     return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class IndexKey:
+    """What the stored vectors depend on; meta.json records it and an index with another key is stale."""
+
+    embedder: str  # retriever.embedder as configured (builtin name or folder)
+    passage_prefix: str
+    fingerprint: str  # corpus_fingerprint of the passages
+
+    @staticmethod
+    def of(embedder: Embedder, passages: list[Passage]) -> IndexKey:
+        return IndexKey(embedder.name, embedder.passage_prefix, corpus_fingerprint(passages))
+
+    def matches(self, meta: dict[str, object]) -> bool:
+        return all(meta.get(k) == v for k, v in vars(self).items())
 
 
 @dataclass
 class DenseIndex:
     index: faiss.Index
     passages: list[Passage]
-    embedder_name: str
-    fingerprint: str
+    key: IndexKey
     device: str = "cpu"
+
+    @property
+    def embedder_name(self) -> str:
+        return self.key.embedder
 
     @staticmethod
     def build(passages: list[Passage], embedder: Embedder, progress: bool = True) -> DenseIndex:
         vecs = embedder.encode_passages(passages, progress=progress)
         index = faiss.IndexFlatIP(embedder.dim)
         index.add(vecs)
-        return DenseIndex(index, passages, embedder.name, corpus_fingerprint(passages))
+        return DenseIndex(index, passages, IndexKey.of(embedder, passages))
 
     def save(self, directory: str | Path) -> None:
+        """Write the index into `directory` atomically (see the module docstring)."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(
-            faiss.index_gpu_to_cpu(self.index) if self.device == "cuda" else self.index, str(d / INDEX_FILE)
-        )
-        with (d / PASSAGES_FILE).open("w") as f:
-            for p in self.passages:
-                f.write(json.dumps({"id": p.id, "title": p.title, "text": p.text}) + "\n")
-        meta = {
-            "embedder": self.embedder_name,
-            "fingerprint": self.fingerprint,
-            "num_passages": len(self.passages),
-            "dim": self.index.d,
-        }
-        (d / META_FILE).write_text(json.dumps(meta, indent=1))
+        tmp = Path(tempfile.mkdtemp(prefix=".saving-", dir=d))
+        try:
+            cpu_index = faiss.index_gpu_to_cpu(self.index) if self.device == "cuda" else self.index
+            faiss.write_index(cpu_index, str(tmp / INDEX_FILE))
+            with (tmp / PASSAGES_FILE).open("w") as f:
+                for p in self.passages:
+                    f.write(json.dumps({"id": p.id, "title": p.title, "text": p.text}) + "\n")
+            meta = {**vars(self.key), "num_passages": len(self.passages), "dim": self.index.d}
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+            for name in (INDEX_FILE, PASSAGES_FILE, META_FILE):
+                _fsync(tmp / name)
+            # From the removal of the old meta until the new one lands, the directory holds no current index.
+            (d / META_FILE).unlink(missing_ok=True)
+            _fsync(d)
+            for name in (INDEX_FILE, PASSAGES_FILE):
+                os.replace(tmp / name, d / name)
+            _fsync(d)
+            os.replace(tmp / META_FILE, d / META_FILE)
+            _fsync(d)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     @staticmethod
     def load(directory: str | Path) -> DenseIndex:
+        """Load a saved index; ValueError when its files do not match each other or the meta."""
         from searchrl_retriever.corpus import load_corpus
 
         d = Path(directory)
@@ -129,18 +166,16 @@ class DenseIndex:
         passages = load_corpus(d / PASSAGES_FILE)
         if index.ntotal != len(passages):
             raise ValueError(f"{d}: index has {index.ntotal} vectors but {len(passages)} passages")
-        return DenseIndex(index, passages, meta["embedder"], meta["fingerprint"])
+        key = IndexKey(meta["embedder"], meta["passage_prefix"], meta["fingerprint"])
+        if corpus_fingerprint(passages) != key.fingerprint:
+            raise ValueError(f"{d}: {PASSAGES_FILE} does not match {META_FILE} (rebuild with --force)")
+        return DenseIndex(index, passages, key)
 
     @staticmethod
-    def is_current(directory: str | Path, embedder_name: str, passages: list[Passage]) -> bool:
-        """True when `directory` holds an index of exactly these passages made with this embedder."""
+    def is_current(directory: str | Path, key: IndexKey) -> bool:
+        """True when `directory` holds a saved index with exactly this key."""
         meta_path = Path(directory) / META_FILE
-        if not meta_path.is_file():
-            return False
-        meta = json.loads(meta_path.read_text())
-        return meta.get("embedder") == embedder_name and meta.get("fingerprint") == corpus_fingerprint(
-            passages
-        )
+        return meta_path.is_file() and key.matches(json.loads(meta_path.read_text()))
 
     def to_device(self, device: str) -> DenseIndex:
         """Move the index onto all GPUs when asked for (`cuda`) or available (`auto`)."""
@@ -165,3 +200,12 @@ class DenseIndex:
             [(self.passages[i], float(s)) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
             for row_ids, row_scores in zip(ids, scores, strict=True)
         ]
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file, or a directory's entries (renames), to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -17,7 +17,7 @@ from searchrl.config import Config
 from searchrl.grpcutil import InvalidArgument
 from searchrl.models import resolve_embedder
 from searchrl_retriever.corpus import Passage, load_corpus
-from searchrl_retriever.index import DenseIndex, Embedder
+from searchrl_retriever.index import DenseIndex, Embedder, IndexKey
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,12 @@ def make_embedder(cfg: Config) -> Embedder:
 def build_index(
     cfg: Config, embedder: Embedder | None = None, force: bool = False, progress: bool = True
 ) -> tuple[DenseIndex, Embedder]:
-    """Load the saved index when it matches corpus+embedder, else embed the corpus and save it."""
+    """Load the saved index when its key (embedder, passage prefix, corpus) matches, else embed the corpus and
+    save it."""
     embedder = embedder or make_embedder(cfg)
     passages = load_corpus(cfg.retriever.corpus)
     d = index_dir(cfg)
-    if not force and DenseIndex.is_current(d, cfg.retriever.embedder, passages):
+    if not force and DenseIndex.is_current(d, IndexKey.of(embedder, passages)):
         log.info("loading index from %s", d)
         return DenseIndex.load(d), embedder
     t0 = time.perf_counter()
