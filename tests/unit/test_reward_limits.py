@@ -85,19 +85,19 @@ def test_scorer_takes_its_limits_from_the_config() -> None:
 
 
 @pytest.fixture(scope="module")
-def reward_address():
+def reward_cfg():
     from searchrl_reward.server import serve
 
     cfg = load_config(None)
-    cfg.reward.port, cfg.reward.metrics_port = free_port(), free_port()
+    cfg.reward.port, cfg.reward.metrics_port, cfg.reward.health_port = free_port(), free_port(), free_port()
     server = serve(cfg)
-    yield f"127.0.0.1:{cfg.reward.port}"
+    yield cfg
     server.stop(0)
 
 
-def test_oversized_gold_is_invalid_argument_over_grpc(reward_address: str) -> None:
-    limit = RewardConfig().max_golden_answer_chars
-    stub = reward_pb2_grpc.RewardStub(channel(reward_address))
+def test_oversized_gold_is_invalid_argument_over_grpc(reward_cfg) -> None:
+    limit = reward_cfg.reward.max_golden_answer_chars
+    stub = reward_pb2_grpc.RewardStub(channel(f"127.0.0.1:{reward_cfg.reward.port}", reward_cfg.security))
     items = [
         reward_pb2.ScoreItem(question="q", response="r", golden_answers=["a"]),
         reward_pb2.ScoreItem(question="q", response="r", golden_answers=["a", "x" * (limit + 1)]),
