@@ -11,10 +11,15 @@ faster to decode than JSON lists. `decode_*` raise `ValueError` on malformed ent
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+MAX_TASK_ID_CHARS = 512
+MAX_QUESTION_CHARS = 16_384
+MAX_GROUP_SIZE = 1024  # samples per task: a worker allocates group_size x tasks_per_batch rollouts at once
 
 
 @dataclass
@@ -32,11 +37,47 @@ class PromptTask:
 
     @staticmethod
     def decode(fields: dict[bytes | str, bytes | str]) -> PromptTask:
-        meta = _meta(fields)
+        """Decode and validate one entry; `ValueError` "malformed prompt task: meta.<field>: ..." on a missing,
+        unknown, mistyped or out-of-range field (a poison task must cost one dead-letter, not a worker)."""
         try:
-            return PromptTask(**meta)
-        except TypeError as e:
-            raise ValueError(f"malformed prompt task: {e}") from e
+            meta = _meta(fields)
+            unknown = set(meta) - _TASK_META
+            if unknown:
+                raise ValueError(f"meta.{sorted(unknown)[0]}: unknown field")
+            _check_str(meta, "task_id", required=True, limit=MAX_TASK_ID_CHARS)
+            _check_str(meta, "question", required=True, limit=MAX_QUESTION_CHARS)
+            answers = meta.get("golden_answers")
+            if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+                raise ValueError("meta.golden_answers: must be a non-empty list of strings")
+            _check_int(meta, "group_size", 1, MAX_GROUP_SIZE)
+            _check_str(meta, "reward_preset", required=True)
+            meta.setdefault("min_policy_version", 0)
+            _check_int(meta, "min_policy_version", 0, _MAX_INT)
+            _check_str(meta, "stage", required=False)
+        except ValueError as e:
+            raise ValueError(f"malformed prompt task: {e}") from None
+        return PromptTask(**meta)
+
+    @staticmethod
+    def task_id_of(fields: dict[bytes | str, bytes | str]) -> str | None:
+        """The task id of an entry that may be malformed otherwise; None when it cannot be read."""
+        try:
+            meta = _meta(fields)
+            _check_str(meta, "task_id", required=True, limit=MAX_TASK_ID_CHARS)
+        except ValueError:
+            return None
+        return meta["task_id"]
+
+
+_TASK_META = {
+    "task_id",
+    "question",
+    "golden_answers",
+    "group_size",
+    "reward_preset",
+    "min_policy_version",
+    "stage",
+}
 
 
 @dataclass
@@ -66,23 +107,101 @@ class Trajectory:
         }
 
     @staticmethod
-    def decode(fields: dict[bytes | str, bytes | str]) -> Trajectory:
+    def decode(
+        fields: dict[bytes | str, bytes | str], vocab_size: int | None = None, max_tokens: int | None = None
+    ) -> Trajectory:
+        """Decode and validate one entry; `ValueError` naming the field on anything a learner could choke on
+        (wrong types, NaN/inf reward or log-probs, token ids outside [0, vocab_size), a mask other than 0/1,
+        prompt+response longer than `max_tokens`, an id that is not `task_id/sample_index`)."""
         meta = _meta(fields)
+        unknown = set(meta) - _TRAJ_META
+        if unknown:
+            raise ValueError(f"meta.{sorted(unknown)[0]}: unknown field")
+        for name in ("traj_id", "task_id"):
+            _check_str(meta, name, required=True)
+        for name in ("finish_reason", "stage"):
+            _check_str(meta, name, required=False)
+        for name in ("sample_index", "group_size", "policy_version"):
+            _check_int(meta, name, 0, _MAX_INT)
+        if meta["group_size"] < 1 or meta["sample_index"] >= meta["group_size"]:
+            raise ValueError(
+                f"meta.sample_index: {meta['sample_index']} not in [0, group_size={meta['group_size']})"
+            )
+        if meta["traj_id"] != f"{meta['task_id']}/{meta['sample_index']}":
+            raise ValueError("meta.traj_id: must be task_id/sample_index")
+        reward = meta.get("reward")
+        if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
+            raise ValueError(f"meta.reward: must be a finite number, got {reward!r}"[:200])
+        metrics = meta.get("metrics", {})
+        if not isinstance(metrics, dict) or not all(
+            isinstance(k, str)
+            and isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+            for k, v in metrics.items()
+        ):
+            raise ValueError("meta.metrics: must map names to finite numbers")
         f = {k.decode() if isinstance(k, bytes) else k: v for k, v in fields.items()}
-        try:
-            arrays = {
-                "prompt_ids": np.frombuffer(f["prompt_ids"], dtype="<i4"),
-                "response_ids": np.frombuffer(f["response_ids"], dtype="<i4"),
-                "loss_mask": np.frombuffer(f["loss_mask"], dtype=np.uint8),
-                "logprobs": np.frombuffer(f["logprobs"], dtype="<f4"),
-            }
-            traj = Trajectory(**meta, **arrays)
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"malformed trajectory: {e}") from e
-        n = len(traj.response_ids)
-        if len(traj.loss_mask) != n or len(traj.logprobs) != n:
-            raise ValueError(f"malformed trajectory {traj.traj_id}: response arrays differ in length")
-        return traj
+        arrays = {}
+        for name, dtype in (("prompt_ids", "<i4"), ("response_ids", "<i4"), ("loss_mask", np.uint8)):
+            arrays[name] = _array(f, name, dtype)
+        arrays["logprobs"] = _array(f, "logprobs", "<f4")
+        n = len(arrays["response_ids"])
+        if len(arrays["loss_mask"]) != n or len(arrays["logprobs"]) != n:
+            raise ValueError("loss_mask/logprobs: length differs from response_ids")
+        if len(arrays["prompt_ids"]) == 0:
+            raise ValueError("prompt_ids: empty")
+        if max_tokens is not None and len(arrays["prompt_ids"]) + n > max_tokens:
+            raise ValueError(
+                f"response_ids: prompt+response of {len(arrays['prompt_ids']) + n} tokens > {max_tokens}"
+            )
+        for name in ("prompt_ids", "response_ids"):
+            ids = arrays[name]
+            if len(ids) and (ids.min() < 0 or (vocab_size is not None and ids.max() >= vocab_size)):
+                raise ValueError(f"{name}: token id outside [0, {vocab_size})")
+        if n and arrays["loss_mask"].max() > 1:
+            raise ValueError("loss_mask: values must be 0 or 1")
+        if n and not np.isfinite(arrays["logprobs"]).all():
+            raise ValueError("logprobs: not finite")
+        return Trajectory(**{**meta, "reward": float(reward)}, **arrays)
+
+
+_TRAJ_META = {
+    "traj_id",
+    "task_id",
+    "sample_index",
+    "group_size",
+    "policy_version",
+    "reward",
+    "metrics",
+    "finish_reason",
+    "stage",
+}
+_MAX_INT = 2**62
+
+
+def _check_str(meta: dict[str, Any], name: str, required: bool, limit: int = 512) -> None:
+    v = meta.get(name, "")
+    if not isinstance(v, str) or (required and not v) or len(v) > limit:
+        raise ValueError(
+            f"meta.{name}: must be a {'non-empty ' if required else ''}string of <= {limit} chars"
+        )
+
+
+def _check_int(meta: dict[str, Any], name: str, lo: int, hi: int) -> None:
+    v = meta.get(name)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ValueError(f"meta.{name}: must be an integer in [{lo}, {hi}], got {v!r}"[:200])
+
+
+def _array(f: dict[str, Any], name: str, dtype: Any) -> np.ndarray:
+    raw = f.get(name)
+    if not isinstance(raw, (bytes, bytearray)):
+        raise ValueError(f"{name}: missing or not bytes")
+    width = np.dtype(dtype).itemsize
+    if len(raw) % width:
+        raise ValueError(f"{name}: {len(raw)} bytes is not a multiple of {width}")
+    return np.frombuffer(raw, dtype=dtype)
 
 
 def _meta(fields: dict[bytes | str, bytes | str]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from searchrl.proto import common_pb2 as searchrl_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csearchrl/proto/trainer.proto\x12\x0bsearchrl.v1\x1a\x1bsearchrl/proto/common.proto\"%\n\x0eWeightsRequest\x12\x13\n\x0bmin_version\x18\x01 \x01(\x03\"a\n\x0bWeightChunk\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0e\n\x06sha256\x18\x05 \x01(\t\"\x16\n\x14TrainerStatusRequest\"\x8a\x01\n\rTrainerStatus\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\'\n\x06policy\x18\x02 \x01(\x0b\x32\x17.searchrl.v1.PolicyInfo\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12\x1c\n\x14trained_trajectories\x18\x04 \x01(\x03\x12\x16\n\x0e\x64ropped_groups\x18\x05 \x01(\x03\x32\x9c\x01\n\x07Trainer\x12\x45\n\nGetWeights\x12\x1b.searchrl.v1.WeightsRequest\x1a\x18.searchrl.v1.WeightChunk0\x01\x12J\n\tGetStatus\x12!.searchrl.v1.TrainerStatusRequest\x1a\x1a.searchrl.v1.TrainerStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csearchrl/proto/trainer.proto\x12\x0bsearchrl.v1\x1a\x1bsearchrl/proto/common.proto\"%\n\x0eWeightsRequest\x12\x13\n\x0bmin_version\x18\x01 \x01(\x03\"a\n\x0bWeightChunk\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0e\n\x06sha256\x18\x05 \x01(\t\"\x16\n\x14TrainerStatusRequest\"\x8f\x02\n\rTrainerStatus\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\'\n\x06policy\x18\x02 \x01(\x0b\x32\x17.searchrl.v1.PolicyInfo\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12\x1c\n\x14trained_trajectories\x18\x04 \x01(\x03\x12\x16\n\x0e\x64ropped_groups\x18\x05 \x01(\x03\x12\x17\n\x0f\x63heckpoint_step\x18\x06 \x01(\x03\x12\x11\n\twaiting_s\x18\x07 \x01(\x01\x12\x14\n\x0cgroups_ready\x18\x08 \x01(\x05\x12\x15\n\rgroups_needed\x18\t \x01(\x05\x12\x0f\n\x07stalled\x18\n \x01(\x08\x12\x19\n\x11outstanding_tasks\x18\x0b \x01(\x03\x32\x9c\x01\n\x07Trainer\x12\x45\n\nGetWeights\x12\x1b.searchrl.v1.WeightsRequest\x1a\x18.searchrl.v1.WeightChunk0\x01\x12J\n\tGetStatus\x12!.searchrl.v1.TrainerStatusRequest\x1a\x1a.searchrl.v1.TrainerStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,7 +39,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAINERSTATUSREQUEST']._serialized_start=212
   _globals['_TRAINERSTATUSREQUEST']._serialized_end=234
   _globals['_TRAINERSTATUS']._serialized_start=237
-  _globals['_TRAINERSTATUS']._serialized_end=375
-  _globals['_TRAINER']._serialized_start=378
-  _globals['_TRAINER']._serialized_end=534
+  _globals['_TRAINERSTATUS']._serialized_end=508
+  _globals['_TRAINER']._serialized_start=511
+  _globals['_TRAINER']._serialized_end=667
 # @@protoc_insertion_point(module_scope)

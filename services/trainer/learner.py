@@ -8,6 +8,10 @@ Contract:
   and returns scalar stats. "Old" log-probs are the learner's own for the pre-update weights (as the seeds
   recompute them): taken from the training forward itself, or from a separate no-grad pass when the advantages
   need them first (Reinforce++ with a KL reward).
+- A step that fails (an exception, or a non-finite loss or gradient norm) raises `StepFailed`: with
+  `applied=False` nothing reached the weights (accumulated gradients are discarded); with `applied=True` the
+  optimizer had already stepped and the caller must reload a checkpoint. The optimizer-step boundary is set per
+  call, so batches of any size step exactly once.
 - `state_dict_for_export()` returns full weights (gathered under ZeRO-3) for publishing to rollout workers.
 - `save(dir, tag, client_state)` / `load(dir)` wrap DeepSpeed checkpoints (model + optimizer + client state).
 The learner knows nothing about Redis, gRPC or prompts.
@@ -30,6 +34,14 @@ from searchrl.redisio import free_port
 from searchrl_trainer import algos
 
 log = logging.getLogger(__name__)
+
+
+class StepFailed(RuntimeError):
+    """An update that trained nothing; `applied` tells whether the weights were already changed."""
+
+    def __init__(self, message: str, applied: bool) -> None:
+        super().__init__(message)
+        self.applied = applied
 
 
 @dataclass
@@ -175,6 +187,7 @@ class Learner:
         )
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         self.pad_id = int(getattr(model.config, "pad_token_id", None) or 0)
+        self.vocab_size = int(model.get_input_embeddings().weight.shape[0])
 
     # ---- forward helpers ------------------------------------------------------------------------------------
 
@@ -203,6 +216,26 @@ class Learner:
     # ---- the update -----------------------------------------------------------------------------------------
 
     def train_step(self, trajs: list[Trajectory]) -> dict[str, float]:
+        """One update; raises `StepFailed` instead of applying a failed or non-finite one."""
+        try:
+            stats = self._train_step(trajs)
+        except StepFailed:
+            raise
+        except Exception as e:  # noqa: BLE001 - e.g. an out-of-memory batch: the run must go on without it
+            self.discard_gradients()
+            raise StepFailed(f"{type(e).__name__}: {e}", applied=False) from e
+        if not math.isfinite(stats["grad_norm"]):
+            raise StepFailed(f"non-finite gradient norm {stats['grad_norm']}", applied=True)
+        return stats
+
+    def discard_gradients(self) -> None:
+        """Drop gradients accumulated by an unfinished step (nothing was applied yet)."""
+        self.engine.zero_grad()
+        zero = getattr(self.engine.optimizer, "zero_grad", None)
+        if zero is not None:
+            zero(set_to_none=True)
+
+    def _train_step(self, trajs: list[Trajectory]) -> dict[str, float]:
         cfg = self.cfg
         n = trajs[0].group_size
         b = collate(trajs, self.pad_id)
@@ -227,7 +260,8 @@ class Learner:
         total_tokens = max(mask.sum().item(), 1.0)
         sums: dict[str, float] = {"logprob_mismatch": 0.0}
         # one PPO epoch over the batch (R1-Searcher / ReSearch)
-        for idx in b.micro_batches(self.micro):
+        parts = b.micro_batches(self.micro)
+        for k, idx in enumerate(parts):
             mb = b.rows(idx)
             r = mb.response_ids.shape[1]
             idx = idx.to(self.device)
@@ -254,6 +288,11 @@ class Learner:
             # token-mean over the whole batch: weight each micro-batch by its token share (DeepSpeed divides
             # the accumulated gradient by gas).
             share = mb_mask.sum().item() / total_tokens
+            if not torch.isfinite(loss):
+                self.discard_gradients()
+                raise StepFailed(f"non-finite loss in micro-batch {k}", applied=False)
+            # the optimizer steps once, after the last micro-batch, whatever the batch size (finding 10)
+            self.engine.set_gradient_accumulation_boundary(k == len(parts) - 1)
             self.engine.backward(loss * share * self.gas)
             self.engine.step()
             for k, v in stats.items():

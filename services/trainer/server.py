@@ -6,7 +6,7 @@ import logging
 
 from searchrl import redisio
 from searchrl.config import Config
-from searchrl.grpcutil import Server, rpc
+from searchrl.grpcutil import Server, StreamLimit, rpc
 from searchrl.models import resolve_model
 from searchrl.proto import common_pb2, trainer_pb2, trainer_pb2_grpc
 from searchrl.weightsync import WeightStore
@@ -17,15 +17,18 @@ log = logging.getLogger(__name__)
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
-    def __init__(self, loop: TrainerLoop, store: WeightStore) -> None:
+    def __init__(self, loop: TrainerLoop, store: WeightStore, max_streams: int = 4) -> None:
         self.loop = loop
         self.store = store
+        # Each stream holds a server thread for the whole transfer: cap them (the pullers retry any error).
+        self.streams = StreamLimit(max_streams, "trainer.max_weight_streams")
 
     def GetWeights(self, request, context):  # noqa: N802 - gRPC method name (server streaming)
         import grpc
 
         if request.min_version < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "min_version: must be >= 0")
+        self.streams.enter(context)
         try:
             chunks = self.store.chunks(request.min_version)
             first = next(chunks)
@@ -36,8 +39,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
 
     @rpc("trainer")
     def GetStatus(self, request, context):  # noqa: N802
-        st = self.loop.state
+        loop, st = self.loop, self.loop.state
         pub = self.store.current
+        waiting = loop.waiting_s()
         return trainer_pb2.TrainerStatus(
             step=st.step,
             done=st.done,
@@ -46,6 +50,12 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             policy=common_pb2.PolicyInfo(
                 version=pub.version if pub else -1, weights_sha256=pub.sha256 if pub else ""
             ),
+            checkpoint_step=loop.saved_step,
+            waiting_s=waiting,
+            groups_ready=len(loop.ready),
+            groups_needed=loop.tc.groups_per_step,
+            stalled=loop.wait.stalled,
+            outstanding_tasks=len(loop.out),
         )
 
 
@@ -56,9 +66,12 @@ def serve(cfg: Config, redis_url: str) -> tuple[Server, TrainerLoop]:
     learner = Learner(cfg.trainer, model_path, cfg.run.seed)
     loop = TrainerLoop(cfg, learner, redisio.connect(redis_url), store)
     loop.restore()
-    server = Server(cfg.trainer.port, cfg.trainer.metrics_port, cfg.trainer.workers)
+    t = cfg.trainer
+    server = Server(t.port, t.metrics_port, t.workers, cfg.security, t.health_port)
     server.add(
-        trainer_pb2_grpc.add_TrainerServicer_to_server, TrainerServicer(loop, store), "searchrl.v1.Trainer"
+        trainer_pb2_grpc.add_TrainerServicer_to_server,
+        TrainerServicer(loop, store, t.max_weight_streams),
+        "searchrl.v1.Trainer",
     )
     server.start()
     return server, loop

@@ -3,60 +3,20 @@ dedup by ledger, reclaiming a dead consumer's entries, the commit transaction, c
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from searchrl.models import resolve_model
 from searchrl.records import PromptTask, Trajectory
-from searchrl.redisio import ledger_key, policy_version_key
+from searchrl.redisio import policy_version_key
 from searchrl.weightsync import WeightStore
-from searchrl_trainer.learner import Learner
-from searchrl_trainer.loop import GROUP, TrainerLoop
-
-N = 2  # group size
-
-
-@pytest.fixture(scope="module")
-def learner_factory():
-    made = []
-
-    def make(cfg):
-        made.append(Learner(cfg.trainer, resolve_model(cfg.model.path), cfg.run.seed))
-        return made[-1]
-
-    return make
-
-
-def make_cfg(tiny_config):
-    cfg = tiny_config
-    cfg.trainer.group_size = N
-    cfg.trainer.groups_per_step = 2
-    cfg.trainer.micro_batch_size = 2
-    cfg.trainer.max_staleness = 1
-    cfg.trainer.save_every = 1
-    cfg.trainer.lr = 1e-3
-    cfg.streams.claim_idle_ms = 200
-    return cfg
-
-
-def traj(task: str, i: int, version: int, reward: float, rng: np.random.Generator) -> Trajectory:
-    resp = rng.integers(100, 1000, size=12).astype(np.int32)
-    mask = np.ones(12, np.uint8)
-    mask[4:8] = 0  # an inserted document
-    return Trajectory(
-        f"{task}/{i}",
-        task,
-        i,
-        N,
-        version,
-        rng.integers(100, 1000, size=6).astype(np.int32),
-        resp,
-        mask,
-        np.zeros(12, np.float32),
-        reward,
-        {"num_searches": 1.0},
-    )
+from searchrl_trainer.ledger import GROUP
+from searchrl_trainer.loop import TrainerLoop
+from tests.integration.trainer_kit import N, issued_tasks, make_cfg, traj
 
 
 def test_loop_feeds_assembles_drops_dedups_commits_and_resumes(tiny_config, redis_client, learner_factory):
@@ -70,45 +30,48 @@ def test_loop_feeds_assembles_drops_dedups_commits_and_resumes(tiny_config, redi
     assert loop.top_up_prompts() == 4 and r.xlen("prompts") == 4 and loop.top_up_prompts() == 0
     task = PromptTask.decode(r.xrange("prompts")[0][1])
     assert task.group_size == N and task.reward_preset == "r1s-stage1" and task.min_policy_version == 0
+    a, b, c, d = issued_tasks(r)
 
-    # a group left pending at a dead trainer consumer is reclaimed; a duplicate and a stale group are not trained
-    r.xadd("trajectories", traj("dead", 0, 0, 1.0, rng).encode())
-    r.xadd("trajectories", traj("dead", 1, 0, -1.0, rng).encode())
+    # a group left pending at another trainer consumer name is taken over; a duplicate sample, a task nobody
+    # issued and a stale group are not trained
+    r.xadd("trajectories", traj(a, 0, 0, 1.0, rng).encode())
+    r.xadd("trajectories", traj(a, 1, 0, -1.0, rng).encode())
     r.xreadgroup(GROUP, "trainer-old", {"trajectories": ">"}, count=10)
-    r.sadd(ledger_key("searchrl"), "done/0")
     for t in (
-        traj("done", 0, 0, 1.0, rng),
-        traj("a", 0, 0, 1.0, rng),
-        traj("a", 1, 0, -1.0, rng),
-        traj("a", 1, 0, 5.0, rng),
+        traj("never-issued", 0, 0, 1.0, rng),
+        traj(b, 0, 0, 1.0, rng),
+        traj(b, 1, 0, -1.0, rng),
+        traj(b, 1, 0, 5.0, rng),  # a redone task's second copy of sample 1
     ):
         r.xadd("trajectories", t.encode())
-    loop.state.version = (
-        2  # pretend the policy moved on: version-0 groups are now 2 behind (> max_staleness 1)
-    )
-    r.xadd("trajectories", traj("fresh", 0, 1, 1.0, rng).encode())
-    r.xadd("trajectories", traj("fresh", 1, 1, -1.0, rng).encode())
-    r.xadd("trajectories", traj("fresh2", 0, 2, 0.5, rng).encode())
-    r.xadd("trajectories", traj("fresh2", 1, 2, -0.5, rng).encode())
-    import time
+    loop.state.step = loop.state.version = 2  # the policy moved on: version-0 groups are 2 steps behind
+    r.xadd("trajectories", traj(c, 0, 1, 1.0, rng).encode())
+    r.xadd("trajectories", traj(c, 1, 1, -1.0, rng).encode())
+    r.xadd("trajectories", traj(d, 0, 2, 0.5, rng).encode())
+    r.xadd("trajectories", traj(d, 1, 2, -0.5, rng).encode())
 
-    time.sleep(0.3)
     before = {k: v.detach().clone() for k, v in loop.learner.engine.module.named_parameters()}
     m = loop.step(timeout_s=60)
-    assert loop.state.dropped_groups == 2  # "dead" and "a" were 2 versions behind
-    assert m["step"] == 1 and m["policy_version"] == 3 and m["trajectories"] == 4
+    assert loop.state.dropped_groups == 2  # a and b were 2 steps behind (> max_staleness 1)
+    assert m["step"] == 3 and m["policy_version"] == 3 and m["trajectories"] == 4
     assert m["staleness_mean"] == pytest.approx((1 + 1 + 0 + 0) / 4)
-    assert r.smembers(ledger_key("searchrl")) == {b"done/0", b"fresh/0", b"fresh/1", b"fresh2/0", b"fresh2/1"}
-    assert r.xpending("trajectories", GROUP)["pending"] == 0
+    # trained tasks left outstanding for uncommitted (save_every 1: the checkpoint acked and deleted them)
+    assert set(loop.ledger.outstanding()) & {a, b, c, d} == set()
+    assert r.xpending("trajectories", GROUP)["pending"] == 0 and r.xlen("trajectories") == 0
     assert r.get(policy_version_key("searchrl")) == b"3" and loop.store.current.version == 3
     changed = [k for k, v in loop.learner.engine.module.named_parameters() if not torch.equal(v, before[k])]
     assert changed, "the optimizer step changed no parameter"
+    events = [json.loads(x) for x in (Path(cfg.run.run_dir) / "events.jsonl").read_text().splitlines()]
+    assert [e["tasks"] for e in events if e["ev"] == "train"] == [[c, d]]
+    assert sorted(t for e in events if e["ev"] == "drop" for t in e["tasks"]) == sorted([a, b])
+    assert r.xlen("searchrl:events") == 0  # mirrored to the run dir and trimmed at the checkpoint
 
     # resume: a fresh learner+loop restores step/version from the checkpoint and never reuses a version
     r.set(policy_version_key("searchrl"), 5)
     loop2 = TrainerLoop(cfg, learner_factory(cfg), r, WeightStore(1 << 20))
     loop2.restore()
-    assert loop2.state.step == 1 and loop2.state.version == 6 and loop2.store.current.version == 6
+    assert loop2.state.step == 3 and loop2.state.version == 6 and loop2.store.current.version == 6
+    assert loop2.state.step_of(6) == 3  # the republished weights are step 3's: samples of v3 are on-policy
     restored = dict(loop2.learner.engine.module.named_parameters())
     assert all(torch.equal(v, restored[k]) for k, v in loop.learner.engine.module.named_parameters())
 
