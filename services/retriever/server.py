@@ -41,7 +41,8 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServicer):
 def serve(cfg: Config) -> Server:
     """Start the retriever server (returns once serving; call `.grpc.wait_for_termination()` to block)."""
     retriever = open_retriever(cfg, progress=True)
-    server = Server(cfg.retriever.port, cfg.retriever.metrics_port, cfg.retriever.workers)
+    r = cfg.retriever
+    server = Server(r.port, r.metrics_port, r.workers, cfg.security, r.health_port)
     server.add(
         retriever_pb2_grpc.add_RetrieverServicer_to_server,
         RetrieverServicer(retriever),

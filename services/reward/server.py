@@ -32,7 +32,8 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
 
 
 def serve(cfg: Config) -> Server:
-    server = Server(cfg.reward.port, cfg.reward.metrics_port, cfg.reward.workers)
+    r = cfg.reward
+    server = Server(r.port, r.metrics_port, r.workers, cfg.security, r.health_port)
     scorer = RewardScorer(cfg.reward.max_batch, cfg.reward.max_response_chars)
     server.add(reward_pb2_grpc.add_RewardServicer_to_server, RewardServicer(scorer), "searchrl.v1.Reward")
     server.start()

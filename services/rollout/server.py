@@ -89,16 +89,17 @@ def build_worker(cfg: Config, redis_url: str) -> RolloutWorker:
     engine = VllmEngine.from_config(model_path, cfg.rollout, cfg.run.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     a = cfg.addresses
-    search = grpc_search(retriever_pb2_grpc.RetrieverStub(channel(a.retriever)))
-    score = grpc_score(reward_pb2_grpc.RewardStub(channel(a.reward)))
-    pull = make_puller(trainer_pb2_grpc.TrainerStub(channel(a.trainer)))
+    search = grpc_search(retriever_pb2_grpc.RetrieverStub(channel(a.retriever, cfg.security)))
+    score = grpc_score(reward_pb2_grpc.RewardStub(channel(a.reward, cfg.security)))
+    pull = make_puller(trainer_pb2_grpc.TrainerStub(channel(a.trainer, cfg.security)))
     return RolloutWorker(cfg, engine, tokenizer, search, score, pull, redisio.connect(redis_url))
 
 
 def serve(cfg: Config, redis_url: str) -> tuple[Server, RolloutWorker]:
     """Start the engine and the control server; the caller runs `worker.run_forever()` in its main thread."""
     worker = build_worker(cfg, redis_url)
-    server = Server(cfg.rollout.port, cfg.rollout.metrics_port, cfg.rollout.workers)
+    r = cfg.rollout
+    server = Server(r.port, r.metrics_port, r.workers, cfg.security, r.health_port)
     server.add(rollout_pb2_grpc.add_RolloutServicer_to_server, RolloutServicer(worker), "searchrl.v1.Rollout")
     server.start()
     return server, worker

@@ -5,13 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from searchrl.config import SecurityConfig
 from searchrl.grpcutil import Server
 from searchrl.health import check
 from searchrl.redisio import free_port
 
 
 def test_health_check_against_a_real_server() -> None:
-    server = Server(free_port(), 0, 2, host="127.0.0.1")
+    server = Server(free_port(), 0, 2, SecurityConfig())
     server.start(serving=False)
     addr = f"127.0.0.1:{server.port}"
     try:

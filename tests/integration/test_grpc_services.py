@@ -15,16 +15,16 @@ def services(retriever_and_reward):
 
 
 def _retriever(cfg):
-    return retriever_pb2_grpc.RetrieverStub(channel(f"127.0.0.1:{cfg.retriever.port}"))
+    return retriever_pb2_grpc.RetrieverStub(channel(f"127.0.0.1:{cfg.retriever.port}", cfg.security))
 
 
 def _reward(cfg):
-    return reward_pb2_grpc.RewardStub(channel(f"127.0.0.1:{cfg.reward.port}"))
+    return reward_pb2_grpc.RewardStub(channel(f"127.0.0.1:{cfg.reward.port}", cfg.security))
 
 
 def test_health(services):
-    assert is_serving(f"127.0.0.1:{services.retriever.port}")
-    assert is_serving(f"127.0.0.1:{services.reward.port}")
+    assert is_serving(f"127.0.0.1:{services.retriever.port}", services.security)
+    assert is_serving(f"127.0.0.1:{services.reward.port}", services.security)
 
 
 def test_prometheus_metrics_count_requests(services):
@@ -75,7 +75,7 @@ def test_search_rejects_bad_requests(services, request_kwargs, field):
         _retriever(services).Search(retriever_pb2.SearchRequest(**request_kwargs), timeout=10)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert e.value.details().startswith(field + ":")
-    assert is_serving(f"127.0.0.1:{services.retriever.port}")  # still up
+    assert is_serving(f"127.0.0.1:{services.retriever.port}", services.security)  # still up
 
 
 def test_score_in_order(services):

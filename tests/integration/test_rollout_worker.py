@@ -39,7 +39,7 @@ def setup(retriever_and_reward, redis_server, tmp_path_factory):
     cfg.rollout.segment_tokens = 64
     cfg.rollout.max_response_tokens = 256
     store = WeightStore(1 << 20)
-    trainer = Server(free_port(), 0, 4)
+    trainer = Server(free_port(), 0, 4, cfg.security)
     trainer.add(
         trainer_pb2_grpc.add_TrainerServicer_to_server, TrainerServicer(None, store), "searchrl.v1.Trainer"
     )
@@ -66,7 +66,7 @@ def start_worker(cfg, workdir, name: str) -> tuple[subprocess.Popen, str]:
         start_new_session=True,
     )
     addr = f"127.0.0.1:{c.rollout.port}"
-    wait_serving([addr], 600, alive=lambda: proc.poll() is None)
+    wait_serving([addr], cfg.security, 600, alive=lambda: proc.poll() is None)
     return proc, addr
 
 
@@ -147,7 +147,7 @@ def test_worker_pulls_and_serves_new_weights(setup, redis_client):
     proc, addr = start_worker(cfg, workdir, "worker-sync")
     try:
         r.set(policy_version_key("searchrl"), 1)
-        stub = rollout_pb2_grpc.RolloutStub(channel(addr))
+        stub = rollout_pb2_grpc.RolloutStub(channel(addr, cfg.security))
         deadline = time.monotonic() + 120
         while stub.GetStatus(rollout_pb2.RolloutStatusRequest(), timeout=10).policy.version < 1:
             assert time.monotonic() < deadline
@@ -183,6 +183,6 @@ def test_worker_pulls_and_serves_new_weights(setup, redis_client):
         with pytest.raises(grpc.RpcError) as e:
             stub.SyncWeights(rollout_pb2.SyncWeightsRequest(min_version=-1), timeout=10)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "min_version" in e.value.details()
-        wait_serving([addr], 10)
+        wait_serving([addr], cfg.security, 10)
     finally:
         kill(proc, signal.SIGTERM)

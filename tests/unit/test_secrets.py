@@ -20,8 +20,21 @@ def test_redact_hides_url_passwords_and_token_assignments() -> None:
     assert redact(f"--set security.token={TOKEN} x=1") == "--set security.token=*** x=1"
     assert redact(f"redis_password: {PASSWORD}") == "redis_password: ***"
     # no secret, nothing changed: ports, hosts without userinfo, a token *file* path
-    for plain in ("redis://h:6379/0", "127.0.0.1:50051", "security.token_file=/run/secrets/token"):
+    for plain in (
+        "redis://h:6379/0",
+        "127.0.0.1:50051",
+        "security.token_file=/run/secrets/token",
+        "segment_tokens: 48",
+        "max_response_tokens=2048",
+    ):
         assert redact(plain) == plain
+
+
+def test_a_dumped_config_without_secrets_loads_back_unchanged(tmp_path) -> None:
+    cfg = load_config("configs/tiny.yaml")
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path).model_dump() == cfg.model_dump()
 
 
 def test_dump_config_has_no_redis_password_and_no_token(monkeypatch, tmp_path) -> None:
