@@ -6,6 +6,7 @@
   searchrl demo [-c configs/demo-cpu.yaml] [--steps N] [--minutes M]
   searchrl eval -c CONFIG --data FILE [--model PATH] [--mode M ...] [--limit N] [--out DIR]
   searchrl reward score --preset {r1s-stage1,r1s-stage2} < in.jsonl > out.jsonl
+  searchrl audit --run-dir D [--json]       (every prompt task accounted for; exit 1 on a double or a loss)
   searchrl cluster {status,scale COMPONENT=N,wait-index} ...   (a Helm release; searchrl/cluster.py)
 Config problems exit with status 2 and a message naming the key and the file.
 """
@@ -19,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from searchrl.config import ConfigError, load_config
+from searchrl.config import ConfigError, load_config, redact
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -87,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_score = rew_sub.add_parser("score", help="score JSONL from stdin, write JSONL to stdout")
     p_score.add_argument("--preset", required=True, help="r1s-stage1 | r1s-stage2")
 
+    p_audit = sub.add_parser(
+        "audit", help="account for every prompt task of a run (exit 1 on a double or loss)"
+    )
+    p_audit.add_argument(
+        "--run-dir", required=True, help="the run directory (its config.yaml names the Redis)"
+    )
+    p_audit.add_argument("-c", "--config", help="config when the run dir has no config.yaml")
+    p_audit.add_argument("--json", action="store_true", help="the report as JSON")
+
     from searchrl.cluster import add_parser as add_cluster_parser
 
     add_cluster_parser(sub)
@@ -111,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
 
             score_stream(args.preset)
             return 0
+        if args.command == "audit":
+            from searchrl.audit import main as audit_main
+
+            return audit_main(args.run_dir, args.config, args.json)
         if args.command == "cluster":
             from searchrl.cluster import run as run_cluster
 
@@ -150,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         return 2
     return 1
 

@@ -121,3 +121,12 @@ def test_embedded_redis_requires_its_password() -> None:
         assert password not in cmdline
     finally:
         server.stop()
+
+
+def test_cli_error_output_has_no_secret(capsys) -> None:
+    from searchrl.cli import main
+
+    args = ["serve", "reward", "--set", f"addresses.redis_url=redis://:{PASSWORD}@h:6379/0"]
+    assert main([*args, "--set", "trainer.lr=-1"]) == 2
+    err = capsys.readouterr().err
+    assert "trainer.lr" in err and PASSWORD not in err
