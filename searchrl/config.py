@@ -85,6 +85,12 @@ class StreamsConfig(_Section):
         description="A prompt task delivered more often than this (its workers crashed or timed out on it; "
         "XPENDING times_delivered) is moved to <prompts>:dead and reported to the trainer.",
     )
+    keep_acked: bool = Field(
+        False,
+        description="Keep prompt and trajectory entries after they are acked (for inspection; the streams are "
+        "then bounded only by maxlen) instead of deleting them (XDEL), which keeps Redis memory at the in-flight "
+        "entries.",
+    )
 
 
 class ModelConfig(_Section):

@@ -3,7 +3,7 @@ operations the services share (consumer groups, reading, reclaiming entries of d
 
 Keys (all under `streams.key_prefix`, default `searchrl`):
 - `<prefix>:policy_version`  newest published policy version (int)
-- `<prefix>:trained`         ledger: set of trajectory ids already trained on
+- the trainer's ledger keys (outstanding, uncommitted, events, run): see `searchrl_trainer.ledger`
 - `<prefix>:failed`          hash task id -> reason: prompt tasks a rollout worker dead-lettered (written by the
                              worker in the transaction that dead-letters the task; drained by the trainer, which
                              frees the task's slot and records the outcome)

@@ -192,7 +192,8 @@ class Ledger:
     def _ack_delete(self, p: redis.client.Pipeline, eids: list[str]) -> None:
         if eids:
             p.xack(self.s.trajectories, GROUP, *eids)
-            p.xdel(self.s.trajectories, *eids)
+            if not self.s.keep_acked:
+                p.xdel(self.s.trajectories, *eids)
 
     # ---- the event log on disk -------------------------------------------------------------------------------
 

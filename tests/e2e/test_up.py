@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 from searchrl.models import resolve_model
 from searchrl.protocol import R1_SEARCHER
 from searchrl.records import Trajectory
-from searchrl.redisio import connect, free_port, ledger_key, redis_server_binary
+from searchrl.redisio import connect, free_port, redis_server_binary
 from tests.conftest import ROOT
 
 STEPS = 2
@@ -36,6 +36,8 @@ def run(tmp_path_factory):
             str(STEPS),
             "--run-dir",
             str(run_dir),
+            "--set",
+            "streams.keep_acked=true",  # keep the trajectories for the inspection below
         ],
         cwd=ROOT,
         capture_output=True,
@@ -111,13 +113,23 @@ def test_rollout_workers_serve_the_trainers_final_weights(run):
     assert (run[0] / "checkpoints" / "latest").read_text().strip() == f"step_{STEPS}"
 
 
-def test_streams_flowed_and_nothing_is_pending(run):
-    _, _, r = run
+def test_streams_flowed_nothing_is_pending_and_the_audit_passes(run):
+    run_dir, _, r = run
     for stream, group in (("prompts", "rollout"), ("trajectories", "trainer")):
         assert r.xlen(stream) > 0
         info = {g["name"].decode(): g for g in r.xinfo_groups(stream)}
         assert info[group]["pending"] == 0, f"{stream}/{group} has pending entries"
-    assert r.scard(ledger_key("searchrl")) == STEPS * 2 * 4
+    audit = subprocess.run(
+        [sys.executable, "-m", "searchrl.cli", "audit", "--run-dir", str(run_dir), "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    rep = json.loads(audit.stdout)
+    assert rep["trained"] == STEPS * 2 and rep["committed_step"] == rep["checkpoint_step"] == STEPS
+    assert rep["trained_twice"] == [] and rep["unaccounted"] == []
 
 
 def test_loss_mask_covers_exactly_the_inserted_documents(run):

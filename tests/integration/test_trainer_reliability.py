@@ -12,6 +12,7 @@ import pytest
 import redis
 import torch
 
+from searchrl.audit import collect
 from searchrl.redisio import connect, failed_key
 from searchrl.weightsync import WeightStore
 from searchrl_trainer.learner import StepFailed
@@ -114,6 +115,9 @@ def test_crash_between_checkpoints_rolls_back_and_trains_those_groups_again(
         elif e["ev"] == "restore":
             lineage = {s: t for s, t in lineage.items() if s <= e["step"]}
     assert sorted(t for ts in lineage.values() for t in ts) == sorted(t for ts in trained for t in ts)
+    rep = collect(Path(cfg.run.run_dir), cfg, r)  # what `searchrl audit` reports
+    assert rep.ok and rep.trained == 6 and rep.rolled_back_steps == 1 and rep.committed_step == 3
+    assert rep.checkpoint_step == 2 and rep.uncheckpointed == 2  # step 3's tasks wait for a checkpoint
 
 
 def test_tasks_that_cannot_complete_free_their_slots(tiny_config, redis_client, learner):
