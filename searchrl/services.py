@@ -58,12 +58,7 @@ def serve(name: str, cfg: Config) -> int:
         from searchrl_trainer.server import serve as serve_trainer
 
         server, loop = serve_trainer(cfg, _redis_url(cfg))
-        try:
-            loop.run(stop_requested=stop.is_set)
-        except InterruptedError:
-            log.info(
-                "stopped before step %d was committed; its trajectories stay pending", loop.state.step + 1
-            )
+        loop.run(stop_requested=stop.is_set)  # a stop checkpoints what was trained since the last checkpoint
         stop.wait()  # keep serving weights until told to stop
         server.stop()
     else:
