@@ -173,26 +173,28 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 
 def cmd_wait_index(args: argparse.Namespace) -> int:
-    """Block until the retriever's index dir holds an index of exactly this corpus made with this embedder."""
+    """Block until the retriever's index dir holds an index of exactly this corpus, embedder and passage prefix
+    (the retriever's own staleness rule, `IndexKey`)."""
     from searchrl.config import load_config
     from searchrl_retriever.corpus import load_corpus
-    from searchrl_retriever.index import META_FILE, corpus_fingerprint
+    from searchrl_retriever.index import META_FILE, DenseIndex, IndexKey, corpus_fingerprint
     from searchrl_retriever.service import index_dir
 
     cfg = load_config(args.config)
-    want = {
-        "embedder": cfg.retriever.embedder,
-        "fingerprint": corpus_fingerprint(load_corpus(cfg.retriever.corpus)),
-    }
-    meta_path = Path(index_dir(cfg)) / META_FILE
+    rc = cfg.retriever
+    want = IndexKey(rc.embedder, rc.passage_prefix, corpus_fingerprint(load_corpus(rc.corpus)))
+    directory = Path(index_dir(cfg))
     deadline = time.monotonic() + args.timeout
     while True:
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        if all(meta.get(k) == v for k, v in want.items()):
-            print(f"index in {meta_path.parent} is current ({meta.get('num_passages')} passages)")
+        if DenseIndex.is_current(directory, want):
+            meta = json.loads((directory / META_FILE).read_text())
+            print(f"index in {directory} is current ({meta.get('num_passages')} passages)")
             return 0
         if time.monotonic() > deadline:
-            print(f"{meta_path}: no current index after {args.timeout:.0f}s (want {want})", file=sys.stderr)
+            print(
+                f"{directory / META_FILE}: no current index after {args.timeout:.0f}s (want {want})",
+                file=sys.stderr,
+            )
             return 1
         time.sleep(args.interval)
 

@@ -34,7 +34,7 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
 def serve(cfg: Config) -> Server:
     r = cfg.reward
     server = Server(r.port, r.metrics_port, r.workers, cfg.security, r.health_port)
-    scorer = RewardScorer(cfg.reward.max_batch, cfg.reward.max_response_chars)
+    scorer = RewardScorer.from_config(cfg.reward)
     server.add(reward_pb2_grpc.add_RewardServicer_to_server, RewardServicer(scorer), "searchrl.v1.Reward")
     server.start()
     return server

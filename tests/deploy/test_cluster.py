@@ -12,7 +12,7 @@ from kubernetes.client import V1Container, V1ContainerStatus, V1ObjectMeta, V1Po
 
 from searchrl import cluster
 from searchrl.cli import build_parser, main
-from tests.deploy.conftest import RELEASE, one, render
+from tests.deploy.conftest import RELEASE, one, render, with_secrets
 
 
 def test_parse_scale() -> None:
@@ -36,7 +36,7 @@ def test_parse_scale() -> None:
 
 
 def test_names_match_the_rendered_chart() -> None:
-    objs = render(values={"retriever": {"autoscaling": {"enabled": True}}})
+    objs = render(values=with_secrets({"retriever": {"autoscaling": {"enabled": True}}}))
     assert one(objs, "Deployment", "retriever")["metadata"]["name"] == cluster.component_name(
         RELEASE, "retriever"
     )
@@ -132,7 +132,22 @@ def test_wait_index(tmp_path: Path) -> None:
     assert main(argv) == 1, "an index of another corpus is not current"
     meta["fingerprint"] = corpus_fingerprint(load_corpus(str(corpus)))
     (tmp_path / "index" / META_FILE).write_text(json.dumps(meta))
+    assert main(argv) == 1, "an index without the passage prefix it was embedded with is not current"
+    meta["passage_prefix"] = ""
+    (tmp_path / "index" / META_FILE).write_text(json.dumps(meta))
     assert main(argv) == 0
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "retriever": {
+                    "corpus": str(corpus),
+                    "index_dir": str(tmp_path / "index"),
+                    "passage_prefix": "passage: ",
+                }
+            }
+        )
+    )
+    assert main(argv) == 1, "a changed passage prefix makes the index stale"
 
 
 def test_no_cluster_access_is_a_clear_error(tmp_path: Path, monkeypatch, capsys) -> None:
