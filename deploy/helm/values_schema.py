@@ -110,6 +110,14 @@ def chart_schema() -> dict[str, Any]:
             ),
             "podSecurityContext": OBJECT,
             "securityContext": OBJECT,
+            "auth": closed(
+                {
+                    "existingSecret": STR,
+                    "existingSecretKey": {"type": "string", "minLength": 1},
+                    "token": {"type": "string", "pattern": r"^$|^[!-~]{16,}$"},  # as searchrl.config.read_token
+                }
+            ),
+            "tls": closed({"existingSecret": STR, "clientAuth": BOOL}),
             "retriever": closed(
                 {
                     "enabled": BOOL,
@@ -165,7 +173,12 @@ def chart_schema() -> dict[str, Any]:
                     "url": {"type": "string", "pattern": r"^$|^rediss?://[^@/\s]+(/[0-9]+)?$"},
                     "image": closed({"repository": STR, "tag": STR}),
                     "auth": closed(
-                        {"existingSecret": STR, "existingSecretKey": {"type": "string", "minLength": 1}}
+                        {
+                            "existingSecret": STR,
+                            "existingSecretKey": {"type": "string", "minLength": 1},
+                            # spliced into the Redis URL: URL-safe characters only
+                            "password": {"type": "string", "pattern": r"^$|^[A-Za-z0-9._~-]{16,}$"},
+                        }
                     ),
                     "resources": RESOURCES,
                     "persistence": closed({"size": QUANTITY, "storageClassName": STR}),

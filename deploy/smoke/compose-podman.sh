@@ -193,6 +193,7 @@ fi
 # ---- 7. up + train -------------------------------------------------------------------------------------------
 phase "7/8 compose --profile cpu up (redis, retriever, reward, trainer, rollout), train"
 export REDIS_PASSWORD=${REDIS_PASSWORD:-smoke-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')}
+export SEARCHRL_TOKEN=${SEARCHRL_TOKEN:-smoke-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 export REDIS_IMAGE
 compose config -q
 # podman schedules HEALTHCHECKs with systemd timers; there is no systemd here, so run them every 5 s ourselves
@@ -241,12 +242,14 @@ log "trained $STEPS steps $(($(date +%s) - t_up))s after compose up"
 # The trainer answers done and every worker must reach its final policy version (weights pulled over gRPC).
 compose exec -T trainer-cpu python - <<'EOF'
 import time
+from searchrl.config import load_config
 from searchrl.launcher import rollout_status, trainer_status
 
-t = trainer_status("trainer:50053")
+security = load_config("/etc/searchrl/config.yaml").security  # the token from the compose secret
+t = trainer_status("trainer:50053", security)
 deadline = time.monotonic() + 300
 while True:
-    r = rollout_status("rollout:50054")
+    r = rollout_status("rollout:50054", security)
     if r.policy.version >= t.policy.version or time.monotonic() > deadline:
         break
     time.sleep(2)

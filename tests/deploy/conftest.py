@@ -15,6 +15,23 @@ CHART = ROOT / "deploy" / "helm" / "searchrl"
 CI_VALUES = ROOT / "deploy" / "helm" / "ci-values"
 KUBE_VERSION = "1.33.0"
 RELEASE, NAMESPACE = "rl", "ml"
+# Every install names the gRPC token and the Redis password (values.yaml): here one existing Secret.
+SECRETS: dict[str, Any] = {
+    "auth": {"existingSecret": "searchrl-secrets"},
+    "redis": {"auth": {"existingSecret": "searchrl-secrets"}},
+}
+
+
+def with_secrets(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` plus SECRETS (deep merge; what `values` says wins)."""
+
+    def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        return out
+
+    return merge(SECRETS, values)
 
 
 def render(chart: Path | str = CHART, values: dict[str, Any] | None = None) -> list[dict[str, Any]]:

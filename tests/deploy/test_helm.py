@@ -4,6 +4,7 @@ system relies on (probes, resources, selectors, headless services, wiring of eve
 
 from __future__ import annotations
 
+import base64
 import shutil
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from tests.deploy.conftest import (
     one,
     pod_templates,
     render,
+    with_secrets,
 )
 
 SEARCHRL = ("retriever", "reward", "rollout", "trainer")
@@ -136,7 +138,15 @@ def test_probes_resources_security(rendered, name: str) -> None:
             res = c.get("resources", {})
             assert res.get("requests") and res.get("limits", {}).get("memory"), f"{c['name']}: resources"
             assert c["securityContext"]["allowPrivilegeEscalation"] is False, c["name"]
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True, c["name"]
+            if (
+                "command" not in c and "/searchrl-" in f"/{c['image']}"
+            ):  # runs searchrl (the image's entrypoint)
+                # what a read-only root leaves writable for the searchrl images: HOME (HF/vLLM/triton caches), /tmp
+                writable = {m["mountPath"] for m in c["volumeMounts"] if not m.get("readOnly")}
+                assert {"/home/searchrl", "/tmp"} <= writable, f"{wl['metadata']['name']}/{c['name']}"
         assert tpl["spec"]["securityContext"]["runAsNonRoot"] is True, wl["metadata"]["name"]
+        assert tpl["spec"]["automountServiceAccountToken"] is False, wl["metadata"]["name"]
         volumes = {v["name"] for v in tpl["spec"].get("volumes", [])}
         volumes |= {v["metadata"]["name"] for v in wl["spec"].get("volumeClaimTemplates", [])}
         for c in containers(tpl) + tpl["spec"].get("initContainers", []):
@@ -144,9 +154,13 @@ def test_probes_resources_security(rendered, name: str) -> None:
                 assert m["name"] in volumes, f"{wl['metadata']['name']}/{c['name']}: no volume {m['name']}"
     for comp, tpl in searchrl_pods(objs).items():
         (c,) = containers(tpl)
-        grpc_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
+        health_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "health")
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert c[probe]["grpc"]["port"] == grpc_port, f"{comp}: {probe}"
+            assert c[probe]["grpc"]["port"] == health_port, f"{comp}: {probe} on the health port"
+        # the trainer's JIT ops build dir is writable under the read-only root
+        if comp == "trainer":
+            ext = env_of(c)["TORCH_EXTENSIONS_DIR"]["value"]
+            assert any(m["mountPath"] == ext for m in c["volumeMounts"])
         assert c["args"][:2] == ["serve", comp] and c["args"][-1] == "/etc/searchrl/config.yaml"
 
 
@@ -172,8 +186,14 @@ def test_config_and_env_wiring(rendered, name: str, tmp_path: Path, monkeypatch)
             monkeypatch.delenv(key, raising=False)
         monkeypatch.delenv("SEARCHRL_ROLLOUT_ADDRS", raising=False)
         for k, v in plain.items():
-            if k.startswith("SEARCHRL_"):
+            if k.startswith("SEARCHRL_") and "value" in env[k]:
                 monkeypatch.setenv(k, expand(v, plain))
+        # every service gets the gRPC token from a Secret (never as a plain value)
+        token_ref = env["SEARCHRL_TOKEN"]["valueFrom"]["secretKeyRef"]
+        values = ci_values()[name]
+        assert token_ref["name"] == (
+            values.get("auth", {}).get("existingSecret") or f"{RELEASE}-searchrl-auth"
+        )
         cfg = load_config(path)
         # the config volume is mounted where the args say
         mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
@@ -210,7 +230,11 @@ def test_config_and_env_wiring(rendered, name: str, tmp_path: Path, monkeypatch)
         # ports of the config are the container's, the Service's and the probes'
         section = getattr(cfg, comp)
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-        assert ports == {"grpc": section.port, "metrics": section.metrics_port}, comp
+        assert ports == {"grpc": section.port, "metrics": section.metrics_port, "health": section.health_port}
+        assert len(set(ports.values())) == 3, comp
+        if ci_values()[name].get("tls", {}).get("existingSecret"):
+            assert cfg.security.tls_cert and mounted(cfg.security.tls_cert) and mounted(cfg.security.tls_ca)
+            assert cfg.security.tls_client_auth is ci_values()[name]["tls"]["clientAuth"]
         if cfg.addresses.rollout and comp == "rollout":
             for addr in cfg.addresses.rollout:
                 assert addr.endswith(f".svc:{section.port}")
@@ -242,7 +266,7 @@ def test_default_chart_shape(rendered) -> None:
     redis = one(objs, "StatefulSet", "redis")
     cmd = " ".join(containers(redis["spec"]["template"])[0]["command"])
     assert "--appendonly yes" in cmd and "--appendfsync everysec" in cmd and "--requirepass" in cmd
-    assert one(objs, "Secret", "redis")["data"]["redis-password"]
+    assert not find(objs, "Secret"), "the secrets come from the existing Secret"
     kinds = {(o["kind"], o["metadata"].get("labels", {}).get("app.kubernetes.io/component")) for o in objs}
     for comp in ("retriever", "reward"):
         assert ("HorizontalPodAutoscaler", comp) in kinds and ("PodDisruptionBudget", comp) in kinds
@@ -405,10 +429,11 @@ def test_unknown_values_key_fails_render_and_lint() -> None:
 def test_external_redis_without_secret_fails() -> None:
     import helm_python as helm
 
+    auth = {"auth": {"existingSecret": "a"}}
     with pytest.raises(helm.HelmError, match="redis.auth.existingSecret"):
-        render(values={"redis": {"enabled": False, "url": "redis://r:6379/0"}})
+        render(values={**auth, "redis": {"enabled": False, "url": "redis://r:6379/0"}})
     with pytest.raises(helm.HelmError, match="redis.url"):
-        render(values={"redis": {"enabled": False, "auth": {"existingSecret": "s"}}})
+        render(values={**auth, "redis": {"enabled": False, "auth": {"existingSecret": "s"}}})
 
 
 def test_broken_template_and_invalid_object_fail(tmp_path: Path) -> None:
@@ -425,7 +450,7 @@ def test_broken_template_and_invalid_object_fail(tmp_path: Path) -> None:
         "spec: {replicaz: 2, selector: {matchLabels: {a: b}}, template: {metadata: {labels: {a: b}},"
         " spec: {containers: [{name: c, image: i}]}}}\n"
     )
-    errors = validate_all(render(chart))
+    errors = validate_all(render(chart, with_secrets({})))
     assert len(errors) == 1 and "replicaz" in errors[0]
 
 
@@ -440,14 +465,41 @@ def test_values_schema_is_generated_from_the_config_tree() -> None:
 
 def test_index_job_name_follows_the_corpus(rendered) -> None:
     a = one(rendered["default"], "Job", "index")["metadata"]["name"]
-    b = one(render(values={"config": {"retriever": {"corpus": "/data/other.jsonl"}}}), "Job", "index")
+    b = one(
+        render(values=with_secrets({"config": {"retriever": {"corpus": "/data/other.jsonl"}}})),
+        "Job",
+        "index",
+    )
     assert a != b["metadata"]["name"], "a Job is immutable: a new corpus must make a new Job"
 
 
 def test_notes_tell_how_to_watch_training() -> None:
-    text = notes()
+    text = notes(with_secrets({}))
     assert (
         f"kubectl -n {NAMESPACE} exec {RELEASE}-searchrl-trainer-0 -- tail -f /var/lib/searchrl/run/metrics.jsonl"
         in text
     )
     assert "searchrl cluster scale retriever=" in text
+
+
+# ---- secrets: required, stable across renders, never random ------------------------------------------------
+
+
+def test_secrets_are_required_and_stable_across_renders(rendered) -> None:
+    import helm_python as helm
+
+    with pytest.raises(helm.HelmError, match="auth.existingSecret.*auth.token"):
+        render(values={"redis": {"auth": {"existingSecret": "s"}}})
+    with pytest.raises(helm.HelmError, match="redis.auth.existingSecret.*redis.auth.password"):
+        render(values={"auth": {"existingSecret": "s"}})
+    vals = ci_values()["cpu-tiny"]
+    first = {o["metadata"]["name"]: o["data"] for o in find(rendered["cpu-tiny"], "Secret")}
+    again = {o["metadata"]["name"]: o["data"] for o in find(render(values=vals), "Secret")}
+    assert first == again, "an offline render (helm template, ArgoCD) must give the same secrets every time"
+    assert set(first) == {f"{RELEASE}-searchrl-auth", f"{RELEASE}-searchrl-redis"}
+    decoded = {k: base64.b64decode(v).decode() for d in first.values() for k, v in d.items()}
+    assert decoded == {"token": vals["auth"]["token"], "redis-password": vals["redis"]["auth"]["password"]}
+    # a token too short for the services, or a password that would break the Redis URL, fails the schema
+    for bad in ({"auth": {"token": "short"}}, {"redis": {"auth": {"password": "p@ss/word-0123456789"}}}):
+        with pytest.raises(helm.HelmValuesError):
+            render(values=with_secrets(bad))

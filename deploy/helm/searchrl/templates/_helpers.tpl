@@ -46,6 +46,10 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 {{- printf "%s:%s" $repo $tag -}}
 {{- end -}}
 
+{{- define "searchrl.authSecretName" -}}
+{{- default (include "searchrl.component" (dict "root" . "name" "auth")) .Values.auth.existingSecret -}}
+{{- end -}}
+
 {{- define "searchrl.redisSecretName" -}}
 {{- default (include "searchrl.component" (dict "root" . "name" "redis")) .Values.redis.auth.existingSecret -}}
 {{- end -}}
@@ -77,10 +81,15 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 {{- join "," $addrs -}}
 {{- end -}}
 
-{{/* The wiring of a searchrl service: service addresses, and for Redis clients (rollout, trainer; "redis" true)
-the Redis URL with the password from the Secret. (dict "root" $ "redis" true) */}}
+{{/* The wiring of a searchrl service: the gRPC token from its Secret, service addresses, and for Redis clients
+(rollout, trainer; "redis" true) the Redis URL with the password from the Secret. (dict "root" $ "redis" true) */}}
 {{- define "searchrl.env" -}}
-{{- $root := .root -}}
+{{- $root := .root }}
+- name: SEARCHRL_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "searchrl.authSecretName" $root }}
+      key: {{ $root.Values.auth.existingSecretKey }}
 {{- if .redis }}
 - name: REDIS_PASSWORD
   valueFrom:
@@ -141,7 +150,8 @@ prometheus.io/path: /metrics
 {{- default (include "searchrl.component" (dict "root" . "name" "index")) .Values.volumes.index.existingClaim -}}
 {{- end -}}
 
-{{/* gRPC probes (grpc.health.v1, native in Kubernetes >= 1.27). startupSeconds covers index/model loading. */}}
+{{/* gRPC probes (grpc.health.v1, native in Kubernetes >= 1.27) on the plain-text health port, which has its own
+threads: long RPCs (weight streams, searches) cannot starve it. startupSeconds covers index/model loading. */}}
 {{- define "searchrl.probes" -}}
 startupProbe:
   grpc:
@@ -170,6 +180,29 @@ ports:
   - name: metrics
     containerPort: {{ .metricsPort }}
     protocol: TCP
+  - name: health
+    containerPort: {{ .healthPort }}
+    protocol: TCP
+{{- end -}}
+
+{{/* Writable places of a searchrl container under readOnlyRootFilesystem: HOME (caches of HF, vLLM, triton) and
+/tmp; plus, with tls.existingSecret, the TLS files (config security.tls_* point there). */}}
+{{- define "searchrl.writableMounts" -}}
+- {name: home, mountPath: /home/searchrl}
+- {name: tmp, mountPath: /tmp}
+{{- if .Values.tls.existingSecret }}
+- {name: tls, mountPath: /etc/searchrl-tls, readOnly: true}
+{{- end }}
+{{- end -}}
+
+{{- define "searchrl.writableVolumes" -}}
+- {name: home, emptyDir: {}}
+- {name: tmp, emptyDir: {}}
+{{- if .Values.tls.existingSecret }}
+- name: tls
+  secret:
+    secretName: {{ .Values.tls.existingSecret }}
+{{- end }}
 {{- end -}}
 
 {{/* resources with nvidia.com/gpu added to requests and limits when gpus > 0 */}}
@@ -188,6 +221,7 @@ resources:
 {{- end -}}
 
 {{- define "searchrl.podCommon" -}}
+automountServiceAccountToken: false # no searchrl pod talks to the Kubernetes API
 {{- with .root.Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
