@@ -114,7 +114,10 @@ def chart_schema() -> dict[str, Any]:
                 {
                     "existingSecret": STR,
                     "existingSecretKey": {"type": "string", "minLength": 1},
-                    "token": {"type": "string", "pattern": r"^$|^[!-~]{16,}$"},  # as searchrl.config.read_token
+                    "token": {
+                        "type": "string",
+                        "pattern": r"^$|^[!-~]{16,}$",
+                    },  # as searchrl.config.read_token
                 }
             ),
             "tls": closed({"existingSecret": STR, "clientAuth": BOOL}),
