@@ -165,10 +165,22 @@ class TrainerLoop:
                 self.state.lineage.append([self.state.version, self.state.step])
         self.state.done = False
         self.saved_step = self.state.step
+        self._truncate_metrics()
         self.buffer, self.ready, self.held, self.unsaved = {}, [], set(), []
         self._taken_over = False
         self.publish()
         self.ledger.mirror_events(self.run_dir / EVENTS_FILE)
+
+    def _truncate_metrics(self) -> None:
+        """metrics.jsonl follows the restored weights: lines of rolled-back steps go (they are trained again)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines()
+        keep = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= self.state.step]
+        if len(keep) != len(lines):
+            path.write_text("".join(ln + "\n" for ln in keep))
+            log.warning("metrics.jsonl: removed %d line(s) of rolled-back steps", len(lines) - len(keep))
 
     def _store_weights(self) -> None:
         """Serialise the current weights (in the rollout dtype) into the store under the current version."""

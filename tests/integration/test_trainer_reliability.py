@@ -101,10 +101,12 @@ def test_crash_between_checkpoints_rolls_back_and_trains_those_groups_again(
         trained.append(sorted(loop.out))
         loop.step(timeout_s=60)
     assert loop.saved_step == 2 and r.xlen("trajectories") == 4  # step 3's entries wait for a checkpoint
+    (Path(cfg.run.run_dir) / "metrics.jsonl").write_text("".join(f'{{"step": {i}}}\n' for i in (1, 2, 3)))
     # SIGKILL: the loop object is simply abandoned; a new trainer (same consumer name) restores
     again = new_loop(cfg, r, learner)
     assert again.state.step == 2
     assert sorted(again.ledger.outstanding()) == trained[2]  # rolled back to outstanding
+    assert (Path(cfg.run.run_dir) / "metrics.jsonl").read_text() == '{"step": 1}\n{"step": 2}\n'
     m = again.step(timeout_s=60)
     assert m["step"] == 3 and r.xlen("trajectories") == 4
     log = events(cfg, r)
