@@ -47,7 +47,12 @@ _MESSAGE_LIMITS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
-_SERVER_OPTIONS = [*_MESSAGE_LIMITS, ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS)]
+_SERVER_OPTIONS = [
+    *_MESSAGE_LIMITS,
+    ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+    # Accept the clients' 30 s keepalive pings (the default minimum, 5 min, answers them with GOAWAY).
+    ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+]
 _CHANNEL_OPTIONS = [
     *_MESSAGE_LIMITS,
     # Balance per request over every address DNS returns (a headless Service gives one per pod).
