@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from searchrl.config import ConfigError, dump_config, load_config, read_token, redact
 from searchrl.redisio import EmbeddedRedis, connect
 
 PASSWORD = "s3cret-redis-pw"
 TOKEN = "tok-0123456789abcdef0123456789"
+NO_RETRY = Retry(NoBackoff(), 0)  # redis-py retries an AuthenticationError (a ConnectionError) by default
 
 
 def test_redact_hides_url_passwords_and_token_assignments() -> None:
@@ -112,9 +115,9 @@ def test_embedded_redis_requires_its_password() -> None:
         password = url.split("://:", 1)[1].split("@", 1)[0]
         assert len(password) >= 32
         with pytest.raises(redis.AuthenticationError):
-            redis.Redis(port=server.port).ping()
+            redis.Redis(host="127.0.0.1", port=server.port, retry=NO_RETRY).ping()
         with pytest.raises(redis.AuthenticationError):
-            redis.Redis(port=server.port, password="wrong").ping()
+            redis.Redis(host="127.0.0.1", port=server.port, password="wrong", retry=NO_RETRY).ping()
         assert connect(url).ping()
         # not visible to other local users through the process list
         cmdline = open(f"/proc/{server.proc.pid}/cmdline", "rb").read().decode()
