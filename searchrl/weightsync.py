@@ -3,8 +3,10 @@ payload; rollout workers pull it over a server-streaming gRPC call in chunks and
 
 - `WeightStore` (trainer side): holds the newest published version; `publish(version, state_dict)` serialises,
   `chunks(min_version)` yields `WeightChunk`s of the newest version >= min_version.
-- `pull_weights(stub, min_version, directory)` (worker side): writes `<directory>/v<version>/model.safetensors`,
-  checks size and sha256, and returns (version, sha256, folder). It never leaves a partial folder behind.
+- `pull_weights(stub, min_version, directory, timeout)` (worker side): writes
+  `<directory>/v<version>-<uuid>/model.safetensors`, checks size and sha256, and returns (version, sha256, folder).
+  It never leaves a partial folder behind and never touches other folders: several workers may share `directory`,
+  so each caller deletes the folders it pulled itself once it no longer needs them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hashlib
 import os
 import shutil
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,8 +91,8 @@ def pull_weights(
 ) -> tuple[int, str, str]:
     base = Path(directory)
     base.mkdir(parents=True, exist_ok=True)
-    tmp = base / f".incoming-{os.getpid()}-{threading.get_ident()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    token = uuid.uuid4().hex  # unique per call: pids repeat across containers sharing a volume
+    tmp = base / f".incoming-{token}"
     tmp.mkdir()
     h = hashlib.sha256()
     version, sha, total, written = -1, "", 0, 0
@@ -108,12 +111,8 @@ def pull_weights(
             raise OSError(
                 f"weights v{version}: got {written}/{total} bytes, sha256 mismatch={h.hexdigest() != sha}"
             )
-        final = base / f"v{version}"
-        shutil.rmtree(final, ignore_errors=True)
+        final = base / f"v{version}-{token}"
         os.rename(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    for old in base.glob("v*"):  # keep only the newest folder
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
     return version, sha, str(final)

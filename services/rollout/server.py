@@ -45,9 +45,11 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
 
     @rpc("rollout")
     def SyncWeights(self, request, context):  # noqa: N802
+        """Records the request and answers at once with the current status: the worker loop pulls and reloads
+        between batches (the engine is driven from the loop thread only; a reload must never overlap a batch)."""
         if request.min_version < 0:
             raise ValueError("min_version: must be >= 0")
-        self.worker.sync_weights(request.min_version)
+        self.worker.request_sync(request.min_version)
         return self._status()
 
 
