@@ -2,8 +2,8 @@
 
 One iteration (`step()`), all on the loop thread (the only thread that drives the engine):
 1. sync weights when Redis announces a version other than the one last synced to (a restarted trainer may
-   announce a lower number), or when `SyncWeights` asked for one; a pulled payload whose version and sha256
-   equal the held ones is not reloaded;
+   announce a lower number), or when a task or `SyncWeights` asks for a newer one than held (up to the announced
+   version); a pulled payload whose version and sha256 equal the held ones is not reloaded;
 2. take prompt tasks: first its own pending entries (after a restart under its stable consumer name), then
    entries of dead consumers idle longer than `streams.claim_idle_ms` (XAUTOCLAIM), one at a time, then up to
    `tasks_per_batch` new ones (XREADGROUP). A redelivered task whose XPENDING times_delivered exceeds
@@ -157,23 +157,24 @@ class RolloutWorker:
         return int(v) if v is not None else 0
 
     def request_sync(self, min_version: int) -> None:
-        """Ask for weights of at least `min_version` (any thread); the loop pulls them before its next batch."""
+        """Ask for weights of at least `min_version` (any thread); the loop syncs before its next batch."""
         with self._request_lock:
             self._requested = max(self._requested, min_version)
 
     def _sync(self, need: int) -> float:
-        """Loop thread only. Pull weights of at least `need` (or a pending request) if held ones are older, or the
-        newest if Redis announces a version other than the one last synced to; reload unless the payload is the
-        one held (same version and sha256). Returns seconds spent."""
+        """Loop thread only. Pull the newest weights when Redis announces a version other than the one last
+        synced to (a restarted trainer may announce a lower number), or when the held ones are older than `need`
+        or a `request_sync` version; those two are capped at the announced version, so neither a poison
+        min_policy_version nor a request can make the loop wait for a version that may never come. A payload
+        with the held version and sha256 is not reloaded. Returns seconds spent."""
         announced = self.announced_version()
         with self._request_lock:
-            need, self._requested = max(need, self._requested), 0
+            need, self._requested = min(max(need, self._requested), announced), 0
         st = self.state
         if st.version >= need and announced == self._synced_for:
             return 0.0
         t0 = time.perf_counter()
-        target = need if st.version < need else announced
-        version, sha, folder = self.pull(target, self.weights_dir, self.cfg.rollout.weights_pull_timeout_s)
+        version, sha, folder = self.pull(announced, self.weights_dir, self.cfg.rollout.weights_pull_timeout_s)
         if (version, sha) == (st.version, st.weights_sha256):
             shutil.rmtree(folder, ignore_errors=True)
         else:

@@ -301,6 +301,7 @@ def test_sync_weights_rpc_never_reloads_while_the_loop_generates(make_worker, re
 
     def sync_during_generation() -> None:
         w.engine.hook = None
+        redis_client.set(policy_version_key("searchrl"), 1)  # the trainer commits v1 and asks the worker
         caller = threading.Thread(
             target=lambda: replies.append(
                 stub.SyncWeights(rollout_pb2.SyncWeightsRequest(min_version=1), timeout=60).policy.version
@@ -322,6 +323,14 @@ def test_sync_weights_rpc_never_reloads_while_the_loop_generates(make_worker, re
     loads = [c for c in w.engine.calls if c[0] == "load"]
     assert len(loads) == 1 and {c[1] for c in w.engine.calls} == {threading.get_ident()}
     assert all(g[3] <= ld[2] or ld[3] <= g[2] for g in gens for ld in loads)
+
+
+def test_a_version_nobody_announced_never_stalls_the_loop(make_worker, redis_client):
+    w = make_worker(weights_pull_timeout_s=1.0)
+    push(redis_client, "future", min_policy_version=10**12)
+    w.request_sync(10**12)
+    assert w.step(block_ms=10) == 1  # served with the held weights: no pull waiting for v10^12
+    assert w.engine.loaded == [] and trajectories(redis_client)["future"][0].policy_version == 0
 
 
 def test_weights_reload_when_the_announced_version_or_the_sha_differs(make_worker, redis_client, trainer):
