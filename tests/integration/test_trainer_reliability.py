@@ -201,3 +201,28 @@ def test_redis_connection_drop_mid_run_is_ridden_out(tiny_config, redis_client, 
     assert m["step"] == 1
     with pytest.raises(redis.ConnectionError):
         connect("redis://127.0.0.1:1/0", retries=1).ping()
+
+
+def test_a_stalled_wait_is_logged_exported_and_reported(tiny_config, redis_client, learner, caplog):
+    """Finding 3 / L13: a trainer stuck waiting for groups must say so (log, gauge, GetStatus), not look healthy."""
+    from prometheus_client import REGISTRY
+
+    from searchrl.proto import trainer_pb2
+    from searchrl_trainer.server import TrainerServicer
+
+    cfg = make_cfg(tiny_config)
+    loop = new_loop(cfg, redis_client, learner)
+    status = TrainerServicer(loop, loop.store).GetStatus(trainer_pb2.TrainerStatusRequest(), None)
+    assert not status.stalled and status.waiting_s == 0 and status.groups_needed == 2
+    loop.wait.since = time.monotonic() - 90  # a wait that began 90 s ago (the floor is 60 s)
+    loop.top_up_prompts()
+    loop._check_stall(2)
+    status = TrainerServicer(loop, loop.store).GetStatus(trainer_pb2.TrainerStatusRequest(), None)
+    assert (
+        status.stalled
+        and status.waiting_s >= 90
+        and status.outstanding_tasks == 2
+        and status.groups_ready == 0
+    )
+    assert REGISTRY.get_sample_value("searchrl_trainer_stalled") == 1
+    assert any("stalled: waiting for groups 0/2 " in r.message for r in caplog.records)
