@@ -221,7 +221,7 @@ def test_a_stalled_wait_is_logged_exported_and_reported(tiny_config, redis_clien
     assert (
         status.stalled
         and status.waiting_s >= 90
-        and status.outstanding_tasks == 2
+        and status.outstanding_tasks == 4
         and status.groups_ready == 0
     )
     assert REGISTRY.get_sample_value("searchrl_trainer_stalled") == 1
