@@ -1,46 +1,103 @@
-"""What became of every prompt task and trajectory of a finished run, read independently of `searchrl audit` from
-Redis (streams, ledger, dropped set, dead letters) and `<run_dir>/metrics.jsonl`.
+"""What became of a run's prompt tasks and trajectories, checked independently of the trainer's own event log
+(which `searchrl audit` replays):
 
-- trained twice: trajectories the steps trained (sum of `trajectories` over metrics lines) beyond the distinct
-  ids in the ledger: a copy trained in the same step as its original, or in a later one.
-- lost: prompt tasks in the `prompts` stream that were neither trained, dropped as stale nor dead-lettered.
-- dead-lettered: distinct task/trajectory ids held in any key whose name contains `dead` or `failed`
-  (`prompts:dead`, `<prefix>:failed`, and whatever the trainer uses for poison trajectories).
-- steps: the step numbers of metrics.jsonl in file order; after a restart they must go on increasing (a repeated
-  number is committed training that a restart rolled back).
+- `StreamTap` follows the `prompts` and `trajectories` streams with plain XREAD (no consumer group, so it changes
+  nothing) and records every task issued and every trajectory written, before the services' acks delete them.
+- `account()` adds `<run_dir>/metrics.jsonl`, the dead-letter streams (`*:dead`) and what Redis still holds in
+  flight at the end, and `Accounting.problems()` states every breach:
+  - the step numbers must increase strictly and end at `max_steps` (a repeated number is committed training a
+    restart rolled back, reported again);
+  - trained twice: the steps (the last line of each step number) trained more trajectories than distinct ones
+    were ever written -- some copy was trained beside its original;
+  - lost: a task issued whose group was never completely written and which no dead-letter stream holds;
+  - in flight at the end: entries pending in either consumer group, tasks still outstanding;
+  - non-finite numbers in metrics.jsonl.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import threading
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
 
 from searchrl.config import Config
-from searchrl.redisio import ledger_key
+from searchrl.redisio import connect
+
+
+def _meta(fields: dict[bytes, bytes]) -> dict:
+    try:
+        meta = json.loads(fields.get(b"meta", b"{}"))
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+class StreamTap(threading.Thread):
+    """Records task ids (with group sizes) from `prompts` and trajectory ids from `trajectories` as they are
+    written; survives Redis restarts (it reconnects and goes on from the last ids it saw)."""
+
+    def __init__(self, url: str, prompts: str, trajectories: str) -> None:
+        super().__init__(name="stream-tap", daemon=True)
+        self.url, self.prompts, self.trajectories = url, prompts, trajectories
+        self.issued: dict[str, int] = {}  # task id -> group size
+        self.written: dict[str, set[int]] = defaultdict(set)  # task id -> sample indexes
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        last = {self.prompts: "0-0", self.trajectories: "0-0"}
+        r = connect(self.url)
+        while not self._done.is_set():
+            try:
+                resp = r.xread(last, count=1000, block=200)
+            except redis.ConnectionError:
+                self._done.wait(0.2)
+                continue
+            for stream, entries in resp or []:
+                name = stream.decode()
+                for eid, fields in entries:
+                    last[name] = eid.decode()
+                    self._record(name, _meta(fields))
+        r.close()
+
+    def _record(self, stream: str, meta: dict) -> None:
+        task = str(meta.get("task_id", ""))
+        if stream == self.prompts:
+            self.issued[task] = meta.get("group_size")  # type: ignore[assignment]
+        elif isinstance(meta.get("sample_index"), int):
+            self.written[task].add(meta["sample_index"])
+
+    def complete(self) -> set[str]:
+        """Tasks whose whole group has been written."""
+        issued = list(self.issued.items())
+        return {t for t, n in issued if isinstance(n, int) and len(self.written.get(t, ())) >= n}
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(5)
 
 
 @dataclass
 class Accounting:
     steps: list[int]
-    trained_trajectories: int  # summed over metrics lines
-    ledger: set[str]
-    issued: set[str]
-    dead: set[str]
+    lineage_trained: int  # trajectories of the last line of each step number
+    written: int  # distinct trajectory ids ever written
     lost: list[str]
-    non_finite: list[str] = field(default_factory=list)  # "step N: key" of metrics values that are NaN/inf
-
-    @property
-    def trained_twice(self) -> int:
-        return max(self.trained_trajectories - len(self.ledger), 0)
+    in_flight: dict[str, int]
+    dead: set[str]  # task / trajectory ids in the dead-letter streams
+    non_finite: list[str] = field(default_factory=list)
 
     @property
     def redone_steps(self) -> list[int]:
-        """Step numbers that appear again after a later or equal step (rolled-back training)."""
         return [b for a, b in zip(self.steps, self.steps[1:], strict=False) if b <= a]
+
+    @property
+    def trained_twice(self) -> int:
+        return max(self.lineage_trained - self.written, 0)
 
     def problems(self, max_steps: int) -> list[str]:
         out = []
@@ -49,57 +106,42 @@ class Accounting:
                 f"metrics.jsonl ends at step {self.steps[-1] if self.steps else None}, not {max_steps}"
             )
         if self.redone_steps:
-            out.append(f"step numbers not strictly increasing (rolled back and redone): {self.steps}")
+            out.append(
+                f"step numbers in metrics.jsonl not strictly increasing (redone: {self.redone_steps}): "
+                f"{self.steps}"
+            )
         if self.trained_twice:
             out.append(
-                f"trained twice: {self.trained_twice} trajectories ({self.trained_trajectories} trained over "
-                f"the steps, {len(self.ledger)} distinct ids in the ledger)"
+                f"trained twice: the steps trained {self.lineage_trained} trajectories, only {self.written} "
+                "distinct ones were ever written"
             )
         if self.lost:
             out.append(
-                f"lost: {len(self.lost)} prompt task(s) neither trained, dropped nor dead-lettered: "
-                f"{self.lost[:8]}"
+                f"lost: {len(self.lost)} task(s) issued, never completely written nor dead-lettered: "
+                f"{self.lost[:6]}"
             )
+        if any(self.in_flight.values()):
+            out.append(f"still in flight after the run: {self.in_flight}")
         if self.non_finite:
-            out.append(f"non-finite metrics: {self.non_finite[:8]}")
+            out.append(f"non-finite values in metrics.jsonl: {self.non_finite[:6]}")
         return out
 
 
-def task_of(traj_id: str) -> str:
-    return traj_id.rsplit("/", 1)[0]
-
-
-def _ids_in_entry(fields: dict[bytes, bytes]) -> set[str]:
-    """task_id/traj_id of a dead-letter stream entry (in its `meta` JSON or as plain fields)."""
-    out: set[str] = set()
-    for key in ("task_id", "traj_id"):
-        if key.encode() in fields:
-            out.add(fields[key.encode()].decode(errors="replace"))
-    try:
-        meta = json.loads(fields.get(b"meta", b"{}"))
-    except ValueError:
-        meta = {}
-    if isinstance(meta, dict):
-        out.update(str(meta[k]) for k in ("task_id", "traj_id") if k in meta)
-    return out
-
-
-def dead_lettered(r: redis.Redis) -> set[str]:
-    """Ids held by dead-letter keys: stream entries' task/traj ids, hash fields, set and list members."""
+def dead_letters(r: redis.Redis) -> set[str]:
+    """Task and trajectory ids held by the dead-letter streams (`*:dead`)."""
     ids: set[str] = set()
-    keys = {k for pattern in ("*dead*", "*failed*") for k in r.scan_iter(match=pattern)}
-    for key in keys:
-        kind = r.type(key).decode()
-        if kind == "stream":
-            for _eid, fields in r.xrange(key):
-                ids |= _ids_in_entry(fields)
-        elif kind == "hash":
-            ids.update(k.decode() for k in r.hkeys(key))
-        elif kind == "set":
-            ids.update(m.decode() for m in r.smembers(key))
-        elif kind == "list":
-            ids.update(m.decode() for m in r.lrange(key, 0, -1))
+    for key in r.scan_iter(match="*:dead", _type="stream"):
+        for _eid, fields in r.xrange(key):
+            ids.update(str(v) for k, v in _meta(fields).items() if k in ("task_id", "traj_id"))
     return ids
+
+
+def _in_flight(r: redis.Redis, cfg: Config) -> dict[str, int]:
+    s = cfg.streams
+    out = {f"{s.key_prefix}:outstanding": int(r.hlen(f"{s.key_prefix}:outstanding"))}
+    for stream, group in ((s.prompts, "rollout"), (s.trajectories, "trainer")):
+        out[f"pending {stream}/{group}"] = int(r.xpending(stream, group)["pending"])
+    return out
 
 
 def _non_finite(metrics: list[dict]) -> list[str]:
@@ -111,23 +153,17 @@ def _non_finite(metrics: list[dict]) -> list[str]:
     ]
 
 
-def account(r: redis.Redis, cfg: Config, run_dir: Path) -> Accounting:
+def account(r: redis.Redis, cfg: Config, run_dir: Path, tap: StreamTap) -> Accounting:
     path = run_dir / "metrics.jsonl"
     metrics = [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
-    prefix = cfg.streams.key_prefix
-    ledger = {m.decode() for m in r.smembers(ledger_key(prefix))}
-    dropped = {m.decode() for m in r.smembers(f"{prefix}:dropped")}
-    issued = set()
-    for _eid, fields in r.xrange(cfg.streams.prompts):
-        issued |= {i for i in _ids_in_entry(fields) if "/" not in i}
-    dead = dead_lettered(r)
-    settled = {task_of(t) for t in ledger | dropped} | {i if "/" not in i else task_of(i) for i in dead}
+    lineage = {int(m["step"]): int(m.get("trajectories", 0)) for m in metrics}  # later lines win
+    dead = dead_letters(r)
     return Accounting(
         steps=[int(m["step"]) for m in metrics],
-        trained_trajectories=sum(int(m.get("trajectories", 0)) for m in metrics),
-        ledger=ledger,
-        issued=issued,
+        lineage_trained=sum(lineage.values()),
+        written=sum(len(s) for s in tap.written.values()),
+        lost=sorted(set(tap.issued) - tap.complete() - dead),
+        in_flight=_in_flight(r, cfg),
         dead=dead,
-        lost=sorted(issued - settled),
         non_finite=_non_finite(metrics),
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.chaos.accounting import StreamTap
 from tests.chaos.harness import Cluster, RedisServer
 from tests.chaos.scenario import Run, markdown
 from tests.conftest import tiny_config_at
@@ -55,7 +56,9 @@ def chaos_run(request, tmp_path, index_dir, chaos_report, monkeypatch) -> Iterat
     redis_server = RedisServer(tmp_path / "redis", secrets.token_hex(12))
     redis_server.start()
     cluster = Cluster(cfg, redis_server, token)
-    run = Run(request.node.name.removeprefix("test_"), cluster, redis_server)
+    tap = StreamTap(redis_server.url, cfg.streams.prompts, cfg.streams.trajectories)
+    tap.start()
+    run = Run(request.node.name.removeprefix("test_"), cluster, redis_server, tap)
     failure = "failed"
     try:
         cluster.start_all()
@@ -73,10 +76,11 @@ def chaos_run(request, tmp_path, index_dir, chaos_report, monkeypatch) -> Iterat
                 failure = crash.message
             failure = failure.splitlines()[0]
             try:
-                acc, problems = run.verdict()
+                acc, report, problems = run.verdict()
             except Exception as e:  # noqa: BLE001 - the row must still be written
-                acc, problems = None, [f"accounting failed: {e}"]
-            run.record(acc, [f"FAIL: {failure}", *problems])
+                acc, report, problems = None, {}, [f"accounting failed: {e}"]
+            run.record(acc, report, [f"FAIL: {failure}", *problems])
+        tap.stop()
         cluster.close()
         redis_server.stop()
         _ROWS.append(run.row)

@@ -2,9 +2,9 @@
 
 - prompt tasks: `group_size` as a string (a TypeError in naive validation) and `group_size` 10**9 (a worker that
   samples it allocates without bound);
-- trajectories: complete groups of `trainer.group_size` samples for tasks nobody issued, one with a NaN reward in
-  `meta`, one with a token id of 10**9 (past any vocabulary).
-Each returns the task ids it wrote, so a test can follow them into the dead letters.
+- trajectories: complete groups of `trainer.group_size` samples for issued tasks, written before the workers
+  finish them (as a buggy or mismatched worker would): one group with reward NaN in `meta`, one with a token id
+  of 10**9 (past any vocabulary).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from searchrl.redisio import policy_version_key
 
 
 def xadd_poison_prompts(r: redis.Redis, cfg: Config) -> list[str]:
+    """The two poison tasks; returns their task ids."""
     stage = cfg.trainer.stages[0]
     tasks = {"chaos-poison-prompt-str": "4", "chaos-poison-prompt-huge": 10**9}
     for task_id, group_size in tasks.items():
@@ -46,23 +47,22 @@ def _group(task_id: str, group_size: int, version: int, reward: float, token: in
             group_size=group_size,
             policy_version=version,
             prompt_ids=np.arange(1, 9, dtype=np.int32),
-            response_ids=np.array([token if i == 0 else 20 + k for k in range(n)], np.int32),
+            response_ids=np.array([token, *range(21, 20 + n)], np.int32),
             loss_mask=np.ones(n, np.uint8),
             logprobs=np.full(n, -1.0, np.float32),
-            reward=reward if i == 0 else 0.0,
+            reward=reward,
         )
         for i in range(group_size)
     ]
 
 
-def xadd_bad_trajectories(r: redis.Redis, cfg: Config) -> list[str]:
-    """A NaN-reward group and an out-of-vocabulary-token group, labelled with the announced policy version so that
-    an on-policy trainer takes them as fresh (write them right after a step was committed)."""
+def xadd_bad_trajectories(r: redis.Redis, cfg: Config, nan_task: str, token_task: str) -> None:
+    """Complete groups for two issued tasks, ahead of the workers: every sample of `nan_task` with reward NaN,
+    every sample of `token_task` with a token id of 10**9. They carry the announced policy version, so an
+    on-policy trainer takes them as fresh (write them right after a step was committed)."""
     g, v = cfg.trainer.group_size, int(r.get(policy_version_key(cfg.streams.key_prefix)) or 0)
-    groups = _group("chaos-poison-traj-nan", g, v, float("nan"), 21)
-    groups += _group("chaos-poison-traj-tok", g, v, 0.5, 10**9)
+    groups = _group(nan_task, g, v, float("nan"), 21) + _group(token_task, g, v, 0.5, 10**9)
     with r.pipeline(transaction=True) as p:
         for t in groups:
             p.xadd(cfg.streams.trajectories, t.encode())
         p.execute()
-    return sorted({t.task_id for t in groups})

@@ -109,11 +109,14 @@ class Cluster:
         self.logs = self.run_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         assign_ports(cfg)
-        # One config for all; each worker gets its own gRPC/metrics port and weights dir through --set.
-        self.worker_ports = {name: (free_port(), free_port()) for name in WORKERS}
-        cfg.addresses.rollout = [f"127.0.0.1:{port}" for port, _ in self.worker_ports.values()]
+        cfg.security.bind_host = "127.0.0.1"
+        # One config for all; each worker gets its own gRPC/health/metrics port and weights dir through --set.
+        self.worker_ports = {
+            name: {k: free_port() for k in ("port", "health_port", "metrics_port")} for name in WORKERS
+        }
+        cfg.addresses.rollout = [f"127.0.0.1:{ports['port']}" for ports in self.worker_ports.values()]
         self.config_path = self.run_dir / "config.yaml"
-        self.config_path.write_text(dump_config(cfg))  # no password in it: Redis comes from the environment
+        self.config_path.write_text(dump_config(cfg))  # no secret in it: Redis and token come from the env
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.down: set[str] = set()
         self._logs: list[IO[bytes]] = []
@@ -136,10 +139,9 @@ class Cluster:
         service = "rollout" if name in WORKERS else name
         cmd = [sys.executable, "-m", "searchrl.cli", "serve", service, "-c", str(self.config_path)]
         if name in WORKERS:
-            port, metrics_port = self.worker_ports[name]
-            weights = self.run_dir / "weights" / name
-            cmd += ["--set", f"rollout.port={port}", "--set", f"rollout.metrics_port={metrics_port}"]
-            cmd += ["--set", f"rollout.weights_dir={weights}"]
+            for key, port in self.worker_ports[name].items():
+                cmd += ["--set", f"rollout.{key}={port}"]
+            cmd += ["--set", f"rollout.weights_dir={self.run_dir / 'weights' / name}"]
         return cmd
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
@@ -167,7 +169,7 @@ class Cluster:
             self.check()
             return True
 
-        wait_serving([self.address(n) for n in names], timeout, alive=alive)
+        wait_serving([self.address(n) for n in names], self.cfg.security, timeout, alive=alive)
 
     def send(self, name: str, sig: signal.Signals) -> None:
         os.killpg(self.procs[name].pid, sig)
@@ -247,10 +249,10 @@ class Cluster:
         return time.monotonic() - t0
 
     def trainer_status(self) -> trainer_pb2.TrainerStatus:
-        return trainer_status(self.address("trainer"))
+        return trainer_status(self.address("trainer"), self.cfg.security)
 
     def consumer(self, worker: str) -> str:
-        return rollout_status(self.address(worker)).consumer
+        return rollout_status(self.address(worker), self.cfg.security).consumer
 
     def pending(self, stream: str, group: str) -> dict[str, int]:
         """Pending entries per consumer of `group` (XPENDING summary)."""

@@ -3,14 +3,16 @@ verdict after the trainer finished (`searchrl audit` plus the independent `accou
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from searchrl.config import Config
 from searchrl.redisio import connect
-from tests.chaos.accounting import Accounting, account
+from tests.chaos.accounting import Accounting, StreamTap, account
 from tests.chaos.harness import Cluster, RedisServer
 
 COLUMNS = (
@@ -18,9 +20,8 @@ COLUMNS = (
     "faults",
     "recover s",
     "steps done",
-    "redone steps",
-    "trained twice",
-    "lost",
+    "trained twice (audit / own)",
+    "lost (audit / own)",
     "dead-lettered",
     "audit",
     "result",
@@ -40,13 +41,14 @@ class Run:
     name: str
     cluster: Cluster
     redis: RedisServer
+    tap: StreamTap
     faults: list[Fault] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # contract breaches seen while the run went on
     row: dict[str, str] | None = None
     audit_rc: int | None = None
 
     @property
-    def cfg(self):  # noqa: ANN201 - searchrl.config.Config
+    def cfg(self) -> Config:
         return self.cluster.cfg
 
     def fault(self, label: str) -> Fault:
@@ -77,14 +79,15 @@ class Run:
         self.cluster.wait_until("trainer done", lambda: self.cluster.trainer_status().done, timeout, 1.0)
         status = self.cluster.trainer_status()
         self.cluster.stop_services()
-        acc, problems = self.verdict()
+        acc, report, problems = self.verdict()
         problems += checks(acc)
         if status.step != max_steps:
             problems.insert(0, f"trainer reports step {status.step} at the end, not {max_steps}")
-        self.record(acc, problems)
+        self.record(acc, report, problems)
         assert not problems, "\n".join(problems)
 
-    def audit(self) -> tuple[int, str]:
+    def audit(self) -> dict:
+        """`searchrl audit --json` as a subprocess; its JSON report, or {"error": ...} when it did not give one."""
         proc = subprocess.run(
             [sys.executable, "-m", "searchrl.cli", "audit", "--run-dir", str(self.cluster.run_dir), "--json"],
             env=self.cluster.env(),
@@ -92,37 +95,45 @@ class Run:
             text=True,
             timeout=300,
         )
-        return proc.returncode, (proc.stdout + proc.stderr).strip()
+        self.audit_rc = proc.returncode
+        try:
+            return json.loads(proc.stdout)
+        except ValueError:
+            return {"error": (proc.stdout + proc.stderr).strip()[-1500:]}
 
-    def verdict(self) -> tuple[Accounting, list[str]]:
-        rc, out = self.audit()
+    def verdict(self) -> tuple[Accounting, dict, list[str]]:
+        """The independent accounting, the audit's report, and every problem of both."""
+        self.tap.stop()
+        report = self.audit()
         r = connect(self.redis.url)
         try:
-            acc = account(r, self.cfg, self.cluster.run_dir)
+            acc = account(r, self.cfg, self.cluster.run_dir, self.tap)
         finally:
             r.close()
         problems = self.problems + acc.problems(self.cfg.trainer.max_steps)
-        if rc != 0:
-            problems.append(f"searchrl audit exited {rc}: {out[-1500:]}")
-        self.audit_rc = rc
-        return acc, problems
+        if self.audit_rc != 0:
+            problems.append(f"searchrl audit exited {self.audit_rc}: {json.dumps(report)[-1500:]}")
+        return acc, report, problems
 
-    def record(self, acc: Accounting | None, problems: list[str]) -> None:
-        def rc_text(rc: int | None) -> str:
-            return {None: "not run", 0: "pass", 1: "FAIL"}.get(rc, f"error (exit {rc})")
+    def record(self, acc: Accounting | None, report: dict, problems: list[str]) -> None:
+        def pair(audit_value: object, own: object) -> str:
+            a = len(audit_value) if isinstance(audit_value, list | dict) else "?"
+            return f"{a} / {own}"
 
+        rc = {None: "not run", 0: "pass", 1: "FAIL"}.get(self.audit_rc, f"error (exit {self.audit_rc})")
         self.row = {
             "scenario": self.name,
             "faults": "; ".join(f.label for f in self.faults) or "none",
             "recover s": " / ".join("-" if f.recover_s is None else f"{f.recover_s:.0f}" for f in self.faults)
             or "-",
             "steps done": str(acc.steps[-1] if acc and acc.steps else 0),
-            "redone steps": str(len(acc.redone_steps)) if acc else "?",
-            "trained twice": str(acc.trained_twice) if acc else "?",
-            "lost": str(len(acc.lost)) if acc else "?",
+            "trained twice (audit / own)": pair(
+                report.get("trained_twice"), acc.trained_twice if acc else "?"
+            ),
+            "lost (audit / own)": pair(report.get("unaccounted"), len(acc.lost) if acc else "?"),
             "dead-lettered": str(len(acc.dead)) if acc else "?",
-            "audit": rc_text(self.audit_rc),
-            "result": "pass" if not problems else problems[0].splitlines()[0][:160],
+            "audit": rc,
+            "result": "pass" if not problems else problems[0].splitlines()[0][:200],
         }
 
 

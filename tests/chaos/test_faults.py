@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
+from searchrl.audit import checkpoint_step
 from searchrl.redisio import connect
-from tests.chaos.accounting import Accounting, task_of
+from tests.chaos.accounting import Accounting
 from tests.chaos.faults import xadd_bad_trajectories, xadd_poison_prompts
 from tests.chaos.harness import WORKERS, Cluster
 from tests.chaos.scenario import Run
@@ -31,33 +33,30 @@ def _busy_worker(c: Cluster) -> str | None:
     return None
 
 
-def _trainer_mid_step(c: Cluster) -> bool:
-    """The trainer holds a full batch of trajectories right after an odd step: it is training (or committing)
-    a step that the next checkpoint (every 2 steps) would cover."""
-    tc = c.cfg.trainer
-    done = c.committed()
-    if done < 3 or done % 2 == 0:
-        return False
-    return (
-        sum(c.pending(c.cfg.streams.trajectories, "trainer").values()) >= tc.groups_per_step * tc.group_size
-    )
-
-
 def test_no_fault(chaos_run: Run):
     chaos_run.finish()
 
 
 def test_trainer_sigkill_mid_step(chaos_run: Run):
-    c = chaos_run.cluster
-    c.wait_until("trainer mid-step after an odd step", lambda: _trainer_mid_step(c), 900, 0.05)
-    f = chaos_run.fault("SIGKILL trainer mid-step, restart")
+    """Killed while training step 4 (checkpoints every 2 steps): the restarted trainer resumes at the newest
+    checkpoint on disk (step 2) and trains step 3's groups again."""
+    c, tap, tc = chaos_run.cluster, chaos_run.tap, chaos_run.cfg.trainer
+    c.wait_committed(3)
+    before = tap.complete()
+    c.wait_until("step 4's groups written", lambda: len(tap.complete() - before) >= tc.groups_per_step, 600)
+    time.sleep(1.0)  # the trainer reads them within its 0.5 s poll, then trains for seconds
+    checkpoint = checkpoint_step(c.run_dir)
     committed = c.committed()
+    f = chaos_run.fault("SIGKILL trainer mid-step, restart")
     c.restart("trainer")
+    chaos_run.expect(
+        committed == 3 and c.committed() == 3, f"the kill landed after step {c.committed()}, not in step 4"
+    )
     c.wait_serving(("trainer",))
     resumed = c.trainer_status().step
     chaos_run.expect(
-        resumed == committed,
-        f"restarted trainer resumed at step {resumed}; {committed} steps were committed before the kill",
+        resumed == checkpoint,
+        f"restarted trainer resumed at step {resumed}; the newest checkpoint on disk was step {checkpoint}",
     )
     chaos_run.recovered(f)
     chaos_run.finish()
@@ -102,28 +101,43 @@ def test_worker_sigstop_past_claim_idle(chaos_run: Run):
 
 
 def test_poison_prompts_and_trajectories(chaos_run: Run):
-    c, cfg = chaos_run.cluster, chaos_run.cfg
+    c, cfg, tap = chaos_run.cluster, chaos_run.cfg, chaos_run.tap
     r = connect(chaos_run.redis.url)
     c.wait_committed(2)
     f = chaos_run.fault('XADD prompt tasks with group_size "4" and 10**9')
     prompt_tasks = xadd_poison_prompts(r, cfg)
     chaos_run.recovered(f)
-    c.wait_committed(
-        c.committed() + 1
-    )  # right after a commit: the poison is as fresh as the trainer's version
-    f = chaos_run.fault("XADD trajectory groups with reward NaN and token id 10**9")
-    traj_tasks = xadd_bad_trajectories(r, cfg)
+    c.wait_committed(c.committed() + 1)
+
+    def unwritten() -> list[str] | None:  # tasks of the next step that no worker has finished yet
+        tasks = [t for t in tap.issued if t not in prompt_tasks and not tap.written.get(t)]
+        return tasks if len(tasks) >= 2 else None
+
+    traj_tasks = c.wait_until("two issued tasks not written yet", unwritten, 60, 0.05)[:2]
+    f = chaos_run.fault("XADD groups with reward NaN / token id 10**9 for 2 issued tasks")
+    xadd_bad_trajectories(r, cfg, *traj_tasks)
     chaos_run.recovered(f)
     r.close()
 
     def poison_settled(acc: Accounting) -> list[str]:
         problems = [f"poison prompt task {t} not dead-lettered" for t in prompt_tasks if t not in acc.dead]
-        trained = {task_of(t) for t in acc.ledger}
-        for t in traj_tasks:
-            if t in trained:
-                problems.append(f"poison trajectories of {t} were trained")
-            elif t not in acc.dead and not any(d.startswith(t + "/") for d in acc.dead):
-                problems.append(f"poison trajectories of {t} not dead-lettered")
-        return problems
+        problems += [
+            f"poison trajectories of {t} not dead-lettered"
+            for t in traj_tasks
+            if not any(d == t or d.startswith(t + "/") for d in acc.dead)
+        ]
+        return problems + non_finite_weights(chaos_run.cluster.run_dir / "hf" / "final")
 
     chaos_run.finish(poison_settled)
+
+
+def non_finite_weights(folder: Path) -> list[str]:
+    """Tensors of the exported final policy with NaN/inf values."""
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return [f"no exported weights in {folder}"]
+    return [
+        f"{f.name}:{k} not finite" for f in files for k, t in load_file(f).items() if not t.isfinite().all()
+    ]
