@@ -475,6 +475,7 @@ def test_index_job_name_follows_the_corpus(rendered) -> None:
 
 def test_notes_tell_how_to_watch_training() -> None:
     text = notes(with_secrets({}))
+    assert 'bearer token in Secret "searchrl-secrets"' in text
     assert (
         f"kubectl -n {NAMESPACE} exec {RELEASE}-searchrl-trainer-0 -- tail -f /var/lib/searchrl/run/metrics.jsonl"
         in text
