@@ -184,6 +184,8 @@ def chart_schema() -> dict[str, Any]:
                         }
                     ),
                     "resources": RESOURCES,
+                    "maxmemory": {"type": "string", "pattern": r"^[0-9]+(b|kb|mb|gb)?$"},
+                    "appendfsync": {"enum": ["always", "everysec"]},
                     "persistence": closed({"size": QUANTITY, "storageClassName": STR}),
                     "nodeSelector": {"type": "object", "additionalProperties": STR},
                     "tolerations": OBJECTS,

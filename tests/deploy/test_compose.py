@@ -139,7 +139,8 @@ def test_redis_queue_persistence_and_auth() -> None:
     cmd = " ".join(redis["command"])
     for flag in (
         "--appendonly yes",
-        "--appendfsync everysec",
+        '--appendfsync "$${REDIS_APPENDFSYNC:-everysec}"',
+        '--maxmemory "$${REDIS_MAXMEMORY:-6gb}"',
         "--requirepass",
         "--maxmemory-policy noeviction",
     ):

@@ -266,6 +266,7 @@ def test_default_chart_shape(rendered) -> None:
     redis = one(objs, "StatefulSet", "redis")
     cmd = " ".join(containers(redis["spec"]["template"])[0]["command"])
     assert "--appendonly yes" in cmd and "--appendfsync everysec" in cmd and "--requirepass" in cmd
+    assert "--maxmemory 6gb" in cmd and "--maxmemory-policy noeviction" in cmd  # finding 9
     assert not find(objs, "Secret"), "the secrets come from the existing Secret"
     kinds = {(o["kind"], o["metadata"].get("labels", {}).get("app.kubernetes.io/component")) for o in objs}
     for comp in ("retriever", "reward"):
