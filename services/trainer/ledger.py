@@ -22,12 +22,15 @@ learner or the training loop; it does no staleness or grouping logic.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import redis
 
@@ -36,6 +39,29 @@ from searchrl.config import StreamsConfig
 
 GROUP = "trainer"
 DEAD_SUFFIX = ":dead"
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _wait_while_full(fn: F) -> F:
+    """Re-run a write while Redis refuses it for lack of memory (maxmemory + noeviction, finding 9): the run
+    pauses, visibly, until an operator frees memory or raises the limit, instead of crashing the trainer."""
+
+    @functools.wraps(fn)
+    def inner(*args: Any, **kwargs: Any) -> Any:
+        delay = 1.0
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except redis.exceptions.OutOfMemoryError as e:
+                log.error(
+                    "Redis is full (maxmemory reached); retrying %s in %.0fs: %s", fn.__name__, delay, e
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    return inner  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -108,6 +134,7 @@ class Ledger:
 
     # ---- writes ----------------------------------------------------------------------------------------------
 
+    @_wait_while_full
     def issue(self, tasks: list, version: int) -> None:  # list[PromptTask]
         """Queue prompt tasks and record them as outstanding."""
         now = time.time()
@@ -120,6 +147,7 @@ class Ledger:
             )
             p.execute()
 
+    @_wait_while_full
     def drop(self, tasks: Iterable[str], reason: str, eids: Iterable[str] = ()) -> None:
         """Resolve tasks without training them (stale, expired, dead-lettered, malformed, failed step): forget them,
         ack and delete their entries, record why."""
@@ -133,6 +161,7 @@ class Ledger:
             p.xadd(self.k_events, {"e": _j({"ev": "drop", "tasks": tasks, "reason": reason[:500]})})
             p.execute()
 
+    @_wait_while_full
     def discard(self, eid: str, reason: str, traj_id: str = "", fields: dict | None = None) -> None:
         """Ack and delete one entry that belongs to no outstanding task (a late or duplicate copy, or garbage);
         malformed ones are copied to `<trajectories>:dead` with the error."""
@@ -147,6 +176,7 @@ class Ledger:
             p.xadd(self.k_events, {"e": _j({"ev": "discard", "traj": traj_id, "reason": reason[:500]})})
             p.execute()
 
+    @_wait_while_full
     def commit_step(self, step: int, version: int, groups: list[tuple[str, int]]) -> None:
         """After an optimizer step: the step's tasks (task id, group size) move from outstanding to uncommitted,
         and the new version is announced. Their entries stay pending until a checkpoint covers `step`."""
@@ -159,6 +189,7 @@ class Ledger:
             p.xadd(self.k_events, {"e": _j(event)})
             p.execute()
 
+    @_wait_while_full
     def commit_checkpoint(self, step: int, eids: list[str], tasks: list[str]) -> None:
         """A checkpoint of `step` is on disk: ack and delete the entries of the steps it covers."""
         with self.r.pipeline(transaction=True) as p:
@@ -169,6 +200,7 @@ class Ledger:
             p.xadd(self.k_events, {"e": _j({"ev": "checkpoint", "step": step})})
             p.execute()
 
+    @_wait_while_full
     def restore(self, step: int) -> list[str]:
         """After loading the checkpoint of `step` (0 = none): tasks trained later go back to outstanding (their
         entries are still pending at the trainer, so they are trained again); earlier ones are final. Returns
@@ -186,6 +218,7 @@ class Ledger:
             p.execute()
         return sorted(back)
 
+    @_wait_while_full
     def announce(self, version: int) -> None:
         self.r.set(self.k_version, version)
 
