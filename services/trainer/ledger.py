@@ -191,11 +191,14 @@ class Ledger:
 
     @_wait_while_full
     def commit_checkpoint(self, step: int, eids: list[str], tasks: list[str]) -> None:
-        """A checkpoint of `step` is on disk: ack and delete the entries of the steps it covers."""
+        """A checkpoint of `step` is on disk: ack and delete the entries of the steps it covers. The deletions
+        go first, on their own: they free memory and Redis allows them even when it is full."""
         with self.r.pipeline(transaction=True) as p:
             self._ack_delete(p, eids)
             if tasks:
                 p.hdel(self.k_uncommitted, *tasks)
+            p.execute()
+        with self.r.pipeline(transaction=True) as p:
             p.set(self.k_ckpt, step)
             p.xadd(self.k_events, {"e": _j({"ev": "checkpoint", "step": step})})
             p.execute()
