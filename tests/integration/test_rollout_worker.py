@@ -175,7 +175,9 @@ def test_worker_pulls_and_serves_new_weights(setup, redis_client):
         prompt, resp = t.prompt_ids.tolist(), t.response_ids.tolist()
         err_new = np.abs(_logprobs(new, prompt, resp)[m] - t.logprobs[m]).mean()
         err_old = np.abs(_logprobs(old, prompt, resp)[m] - t.logprobs[m]).mean()
-        assert err_new < 0.1 and err_old > 3 * err_new, (err_new, err_old)
+        # bf16 engine vs fp32 reference: the mean gap to the new weights varied 0.2-0.4 across runs (flaky at
+        # the old 0.1 bound, also at aa002d0); to the old weights it stays 1.2-6.
+        assert err_new < 0.5 and err_old > 3 * err_new, (err_new, err_old)
 
         # a bad control request is refused with the field named, and the worker keeps serving
         import grpc
