@@ -6,18 +6,20 @@ engine core included).
   directory; the AOF brings the streams back.
 - `Cluster` starts `python -m searchrl.cli serve NAME -c <run_dir>/config.yaml` per service with the deployment
   wiring in the environment (SEARCHRL_REDIS_URL with the password, SEARCHRL_*_ADDR, SEARCHRL_TOKEN,
-  SEARCHRL_CONSUMER=rollout-<i>), sends signals to a service's process group, restarts it on the same ports, and
-  fails fast with the log's tail when a service dies that the harness did not kill.
+  SEARCHRL_CONSUMER=rollout-<i>), sends signals to a service's process group, restarts it on its ports (fixed,
+  below the kernel's ephemeral range, so nobody takes them meanwhile), and fails fast with the log's tail when a
+  service dies that the harness did not kill.
 
 It knows nothing about any particular fault or about what a correct run looks like (see `accounting`).
 """
 
 from __future__ import annotations
 
-import json
 import os
+import random
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,15 +31,16 @@ import redis
 
 from searchrl.config import Config, dump_config
 from searchrl.grpcutil import wait_serving
-from searchrl.launcher import Stack, assign_ports, rollout_status, trainer_status
+from searchrl.launcher import Stack, rollout_status, trainer_status
 from searchrl.proc import die_with_parent
 from searchrl.proto import trainer_pb2
-from searchrl.redisio import connect, free_port, redis_server_binary
+from searchrl.redisio import connect, redis_server_binary
 
 T = TypeVar("T")
 
 WORKERS = ("rollout-0", "rollout-1")
 SERVICES = ("retriever", "reward", "trainer", *WORKERS)
+PORT_KEYS = ("port", "health_port", "metrics_port")
 # A rollout worker's data segment cap: far above what vLLM on the tiny model needs, far below the machine, so a
 # poison task that makes a worker allocate without bound (group_size 10**9) ends in MemoryError, not the OOM killer.
 WORKER_DATA_LIMIT = 12 << 30
@@ -51,7 +54,7 @@ class RedisServer:
     """redis-server with `--appendonly yes --appendfsync everysec --requirepass`, restartable on one port."""
 
     def __init__(self, directory: Path, password: str) -> None:
-        self.dir, self.password, self.port = directory, password, free_port()
+        self.dir, self.password, self.port = directory, password, quiet_ports(1)[0]
         self.proc: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
 
@@ -95,6 +98,22 @@ class RedisServer:
                 self.proc.wait()
 
 
+def quiet_ports(n: int) -> list[int]:
+    """`n` distinct free loopback ports below the kernel's ephemeral range (32768+), so that no outgoing
+    connection or port-0 listener of another process can take one between now and a restart of our service."""
+    out: list[int] = []
+    for port in random.sample(range(20000, 32768), 400):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        out.append(port)
+        if len(out) == n:
+            return out
+    raise RuntimeError(f"no {n} free ports in 20000-32767")
+
+
 def _limit_worker_memory() -> None:
     die_with_parent()
     resource.setrlimit(resource.RLIMIT_DATA, (WORKER_DATA_LIMIT, WORKER_DATA_LIMIT))
@@ -108,13 +127,17 @@ class Cluster:
         self.run_dir = Path(cfg.run.run_dir)
         self.logs = self.run_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        assign_ports(cfg)
         cfg.security.bind_host = "127.0.0.1"
+        ports = quiet_ports(len(PORT_KEYS) * len(SERVICES))
         # One config for all; each worker gets its own gRPC/health/metrics port and weights dir through --set.
-        self.worker_ports = {
-            name: {k: free_port() for k in ("port", "health_port", "metrics_port")} for name in WORKERS
+        self.ports = {
+            name: dict(zip(PORT_KEYS, ports[3 * i :], strict=False)) for i, name in enumerate(SERVICES)
         }
-        cfg.addresses.rollout = [f"127.0.0.1:{ports['port']}" for ports in self.worker_ports.values()]
+        for name in ("retriever", "reward", "trainer"):
+            for key, port in self.ports[name].items():
+                setattr(getattr(cfg, name), key, port)
+            setattr(cfg.addresses, name, f"127.0.0.1:{self.ports[name]['port']}")
+        cfg.addresses.rollout = [f"127.0.0.1:{self.ports[w]['port']}" for w in WORKERS]
         self.config_path = self.run_dir / "config.yaml"
         self.config_path.write_text(dump_config(cfg))  # no secret in it: Redis and token come from the env
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -139,7 +162,7 @@ class Cluster:
         service = "rollout" if name in WORKERS else name
         cmd = [sys.executable, "-m", "searchrl.cli", "serve", service, "-c", str(self.config_path)]
         if name in WORKERS:
-            for key, port in self.worker_ports[name].items():
+            for key, port in self.ports[name].items():
                 cmd += ["--set", f"rollout.{key}={port}"]
             cmd += ["--set", f"rollout.weights_dir={self.run_dir / 'weights' / name}"]
         return cmd
@@ -232,15 +255,14 @@ class Cluster:
                 raise TimeoutError(f"{what}: not within {timeout:.0f}s")
             time.sleep(period)
 
-    def metrics(self) -> list[dict]:
+    def metrics_lines(self) -> list[str]:
+        """The complete lines of metrics.jsonl (one per committed step; a restored trainer drops those of the
+        steps it rolled back)."""
         path = self.run_dir / "metrics.jsonl"
-        if not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+        return [x for x in path.read_text().splitlines() if x.endswith("}")] if path.is_file() else []
 
     def committed(self) -> int:
-        """Steps the trainer has reported (lines of metrics.jsonl, repeats after a rollback included)."""
-        return len(self.metrics())
+        return len(self.metrics_lines())
 
     def wait_committed(self, n: int, timeout: float = 900.0) -> float:
         """Block until metrics.jsonl has `n` lines; returns the time that took."""

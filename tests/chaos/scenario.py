@@ -32,7 +32,7 @@ COLUMNS = (
 class Fault:
     label: str
     t0: float
-    steps_before: int
+    lines_before: set[str]  # metrics.jsonl at the fault
     recover_s: float | None = None
 
 
@@ -53,7 +53,7 @@ class Run:
 
     def fault(self, label: str) -> Fault:
         """Mark the moment a fault is injected (call it right before injecting)."""
-        f = Fault(label, time.monotonic(), self.cluster.committed())
+        f = Fault(label, time.monotonic(), set(self.cluster.metrics_lines()))
         self.faults.append(f)
         return f
 
@@ -63,8 +63,14 @@ class Run:
             self.problems.append(problem)
 
     def recovered(self, f: Fault, timeout: float = 600.0) -> float:
-        """Block until a step is committed after the fault; its recovery time is from the fault to that step."""
-        self.cluster.wait_committed(f.steps_before + 1, timeout)
+        """Block until a step is committed after the fault (a step trained again after a rollback counts); its
+        recovery time is from the fault to that step."""
+
+        def new_step() -> bool:
+            lines = self.cluster.metrics_lines()
+            return bool(lines) and lines[-1] not in f.lines_before
+
+        self.cluster.wait_until(f"a step committed after: {f.label}", new_step, timeout)
         f.recover_s = time.monotonic() - f.t0
         return f.recover_s
 
