@@ -20,17 +20,19 @@ GOOD = {
 }
 
 
+_MISSING = object()
+
+
 def _decode(**changes: object) -> PromptTask:
     meta = {k: v for k, v in {**GOOD, **changes}.items() if v is not _MISSING}
     return PromptTask.decode({b"meta": json.dumps(meta).encode()})
 
 
-_MISSING = object()
-
-
 def test_a_valid_task_decodes() -> None:
     assert _decode() == PromptTask(**GOOD)
-    assert _decode(min_policy_version=_MISSING, stage=_MISSING) == PromptTask(**{**GOOD, "min_policy_version": 0, "stage": ""})
+    assert _decode(min_policy_version=_MISSING, stage=_MISSING) == PromptTask(
+        **{**GOOD, "min_policy_version": 0, "stage": ""}
+    )
 
 
 @pytest.mark.parametrize(
