@@ -44,7 +44,7 @@ def run_eval(
 
     engine = VllmEngine.from_config(paths[0], rc, cfg.run.seed)
     tokenizer = AutoTokenizer.from_pretrained(paths[0])
-    limits = LoopLimits.from_config(rc)  # evaluate() makes it greedy
+    limits = LoopLimits.from_config(rc, cfg.retriever)  # evaluate() makes it greedy
     base = Path(out or Path(cfg.run.run_dir) / "eval")
     for i, model_path in enumerate(paths):
         if i > 0:

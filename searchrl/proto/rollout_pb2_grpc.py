@@ -56,7 +56,8 @@ class RolloutServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SyncWeights(self, request, context):
-        """Asks the worker to pull weights of at least min_version now (it also polls Redis on its own).
+        """Records a request for weights of at least min_version (capped at the version announced in Redis); the worker
+        loop pulls and reloads between batches, never during generation. Replies at once with the current status.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -34,7 +34,7 @@ def test_trajectory_roundtrip_through_bytes():
 def test_malformed_trajectory_is_a_value_error():
     enc = _traj().encode()
     enc["loss_mask"] = b"\x01"
-    with pytest.raises(ValueError, match="differ in length"):
+    with pytest.raises(ValueError, match="loss_mask/logprobs: length differs"):
         Trajectory.decode(enc)
     with pytest.raises(ValueError, match="meta"):
         Trajectory.decode({"prompt_ids": b""})
