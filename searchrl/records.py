@@ -58,15 +58,15 @@ class PromptTask:
             raise ValueError(f"malformed prompt task: {e}") from None
         return PromptTask(**meta)
 
-    @staticmethod
-    def task_id_of(fields: dict[bytes | str, bytes | str]) -> str | None:
-        """The task id of an entry that may be malformed otherwise; None when it cannot be read."""
-        try:
-            meta = _meta(fields)
-            _check_str(meta, "task_id", required=True, limit=MAX_TASK_ID_CHARS)
-        except ValueError:
-            return None
-        return meta["task_id"]
+
+def task_id_of(fields: dict[bytes | str, bytes | str]) -> str | None:
+    """The task id of a prompt task or trajectory entry that may be malformed otherwise; None when unreadable."""
+    try:
+        meta = _meta(fields)
+        _check_str(meta, "task_id", required=True, limit=MAX_TASK_ID_CHARS)
+    except ValueError:
+        return None
+    return meta["task_id"]
 
 
 _TASK_META = {

@@ -45,7 +45,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from searchrl import redisio
 from searchrl.config import Config
 from searchrl.protocol import Protocol, get_protocol
-from searchrl.records import PromptTask, Trajectory
+from searchrl.records import PromptTask, Trajectory, task_id_of
 from searchrl.weightsync import pull_weights
 from searchrl_reward.rules import ScoreResult
 from searchrl_reward.scorer import ScoreInput
@@ -236,7 +236,7 @@ class RolloutWorker:
     def _dead_letter(self, eid: str, fields: dict, reason: str, kind: str) -> None:
         """One transaction: copy the entry with its error to `<prompts>:dead`, XACK + XDEL it, and report its task
         id (when readable) in `<prefix>:failed` for the trainer."""
-        task_id = PromptTask.task_id_of(fields)
+        task_id = task_id_of(fields)
         reason = reason[:1000]
         log.error("dead-lettering prompt task %s (%s): %s", eid, task_id, reason)
         DEAD.labels(kind).inc()

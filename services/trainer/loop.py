@@ -40,7 +40,7 @@ from prometheus_client import Counter, Gauge
 
 from searchrl import redisio
 from searchrl.config import Config
-from searchrl.records import PromptTask, Trajectory
+from searchrl.records import PromptTask, Trajectory, task_id_of
 from searchrl.weightsync import WeightStore, serialize_state_dict
 from searchrl_trainer.data import Cursor, EpochIterator, load_qa
 from searchrl_trainer.learner import Learner, StepFailed
@@ -284,7 +284,7 @@ class TrainerLoop:
         except ValueError as e:
             DUPES.inc()
             self.ledger.discard(eid, f"malformed: {e}", fields=fields)
-            task = _task_id_of(fields)
+            task = task_id_of(fields)
             if task in self.out:
                 self._drop_task(task, "malformed", str(e))
             return
@@ -534,13 +534,3 @@ def prune_checkpoints(directory: Path, keep: int) -> None:
     )
     for old in tags[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _task_id_of(fields: dict) -> str:
-    """Best-effort task id of a malformed trajectory entry ('' when unreadable)."""
-    try:
-        meta = json.loads(fields.get(b"meta", fields.get("meta", b"")))
-        task = meta.get("task_id") if isinstance(meta, dict) else None
-        return task if isinstance(task, str) else ""
-    except (ValueError, TypeError):
-        return ""

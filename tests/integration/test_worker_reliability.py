@@ -24,7 +24,7 @@ from searchrl.proto import (
     trainer_pb2_grpc,
 )
 from searchrl.protocol import R1_SEARCHER as P
-from searchrl.records import PromptTask, Trajectory
+from searchrl.records import PromptTask, Trajectory, task_id_of
 from searchrl.redisio import ensure_group, failed_key, policy_version_key
 from searchrl.weightsync import WEIGHTS_FILE, WeightStore
 from searchrl_rollout.engine import GenOut, GenParams
@@ -155,7 +155,7 @@ def dead_letters(r) -> dict[str, str]:  # noqa: ANN001
     out = {}
     for _, f in r.xrange(DEAD):
         meta = f[b"meta"].decode()
-        tid = PromptTask.task_id_of(f)
+        tid = task_id_of(f)
         out[tid or meta] = f[b"error"].decode()
     return out
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from searchrl.records import MAX_GROUP_SIZE, MAX_QUESTION_CHARS, MAX_TASK_ID_CHARS, PromptTask
+from searchrl.records import MAX_GROUP_SIZE, MAX_QUESTION_CHARS, MAX_TASK_ID_CHARS, PromptTask, task_id_of
 
 GOOD = {
     "task_id": "t1",
@@ -82,7 +82,7 @@ def test_a_bad_meta_is_a_value_error(raw: bytes) -> None:
 
 def test_task_id_is_read_from_a_task_that_is_otherwise_bad() -> None:
     meta = {**GOOD, "group_size": "4"}
-    assert PromptTask.task_id_of({b"meta": json.dumps(meta).encode()}) == "t1"
-    assert PromptTask.task_id_of({b"meta": json.dumps({**meta, "task_id": 5}).encode()}) is None
-    assert PromptTask.task_id_of({b"meta": b"{not json"}) is None
-    assert PromptTask.task_id_of({b"meta": json.dumps({**meta, "task_id": "x" * 600}).encode()}) is None
+    assert task_id_of({b"meta": json.dumps(meta).encode()}) == "t1"
+    assert task_id_of({b"meta": json.dumps({**meta, "task_id": 5}).encode()}) is None
+    assert task_id_of({b"meta": b"{not json"}) is None
+    assert task_id_of({b"meta": json.dumps({**meta, "task_id": "x" * 600}).encode()}) is None
