@@ -138,12 +138,12 @@ class TrainerLoop:
             path.write_text(uuid.uuid4().hex)
         return path.read_text().strip()
 
-    def restore(self) -> None:
-        """Resume from the newest checkpoint (if any), roll the ledger back to it, and publish its weights under
-        a version number no worker has seen (a restored trainer must not reuse one, finding L1)."""
+    def restore(self, load: bool | None = None) -> None:
+        """Resume from the newest checkpoint (if any; `load` defaults to `trainer.resume`), roll the ledger back
+        to it, and publish its weights under a version number no worker has seen (finding L1)."""
         run_id = self._run_id()
         self.state = TrainerState(run_id=run_id)
-        if self.tc.resume:
+        if self.tc.resume if load is None else load:
             client = self.learner.load(str(self.ckpt_dir))
             if client:
                 self.state = TrainerState(**client["trainer_state"])
@@ -425,8 +425,12 @@ class TrainerLoop:
         for t in tasks:
             self._drop_task(t, "train_failed", str(e)[:300])
         if e.applied:  # the update already reached the weights: back to the last checkpoint
+            if not (self.ckpt_dir / "latest").is_file():
+                raise RuntimeError(
+                    "a failed update reached the weights before any checkpoint: restart from the model"
+                )
             log.error("the failed update was applied: restoring checkpoint step %d", self.saved_step)
-            self.restore()
+            self.restore(load=True)
         return None
 
     def _metrics(

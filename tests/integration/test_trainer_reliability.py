@@ -226,3 +226,38 @@ def test_a_stalled_wait_is_logged_exported_and_reported(tiny_config, redis_clien
     )
     assert REGISTRY.get_sample_value("searchrl_trainer_stalled") == 1
     assert any("stalled: waiting for groups 0/2 " in r.message for r in caplog.records)
+
+
+def test_an_update_that_reached_the_weights_is_rolled_back_to_the_checkpoint(
+    tiny_config, redis_client, learner, monkeypatch
+):
+    """Finding 10: when a failed update was already applied (e.g. a non-finite gradient norm after the optimizer
+    step), the weights go back to the last checkpoint, the step's groups are dropped, and a new version is
+    announced for the restored weights."""
+    r, rng = redis_client, np.random.default_rng(7)
+    cfg = make_cfg(tiny_config)
+    cfg.trainer.max_staleness = 0
+    loop = new_loop(cfg, r, learner)
+    loop.top_up_prompts()
+    for t in list(loop.out):
+        feed(r, t, 0, rng)
+    loop.step(timeout_s=60)  # save_every 1: checkpoint of step 1
+    good = params(learner)
+
+    def poisoned_step(trajs):  # the fault: DeepSpeed applied an update with a NaN gradient
+        with torch.no_grad():
+            next(learner.engine.module.parameters()).fill_(float("nan"))
+        raise StepFailed("non-finite gradient norm nan", applied=True)
+
+    monkeypatch.setattr(learner, "train_step", poisoned_step)
+    loop.top_up_prompts()
+    doomed = sorted(loop.out)
+    for t in doomed:
+        feed(r, t, loop.state.version, rng)
+    assert loop.step(timeout_s=60) is None
+    monkeypatch.undo()
+    assert all(torch.equal(v, good[k]) for k, v in params(learner).items())
+    assert loop.state.step == 1 and loop.state.version == 2 and loop.store.current.version == 2  # v1 was seen
+    drops = [e for e in events(cfg, r) if e["ev"] == "drop"]
+    assert sorted(t for e in drops for t in e["tasks"]) == doomed
+    assert all(e["reason"].startswith("train_failed") for e in drops)
