@@ -79,9 +79,9 @@ def test_retriever_reward_and_worker_sigkill(chaos_run: Run):
 
 def test_redis_restart(chaos_run: Run):
     chaos_run.cluster.wait_committed(3)
-    f = chaos_run.fault("restart Redis (SIGTERM, AOF everysec), 2 s down")
+    f = chaos_run.fault("restart Redis (SIGTERM, AOF everysec), 5 s down")
     chaos_run.redis.stop()
-    time.sleep(2)
+    time.sleep(5)
     chaos_run.redis.start()
     chaos_run.recovered(f)
     chaos_run.finish()
