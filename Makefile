@@ -2,7 +2,7 @@ PY ?= python
 PROTOS := $(wildcard proto/searchrl/proto/*.proto)
 STAMP := .setup.stamp
 
-.PHONY: setup proto test test-all test-slow test-chaos test-deploy lint demo up bench bench-demo clean helm-schema smoke-compose
+.PHONY: setup proto test test-all test-slow test-chaos test-fuzz test-deploy lint demo up bench bench-demo clean helm-schema smoke-compose
 
 $(STAMP): pyproject.toml scripts/install-cpu.sh
 	PY=$(PY) bash scripts/install-cpu.sh
@@ -21,6 +21,9 @@ test-slow: $(STAMP)  ## slow suites only
 
 test-chaos: $(STAMP)  ## fault injection on the whole system, 8 steps per scenario (~25 min); report: $$CHAOS_REPORT
 	$(PY) -m pytest -q -m chaos tests/chaos
+
+test-fuzz: $(STAMP)  ## the fuzz suite only (tests/fuzz, also part of `make test`; ~1.5 min); report: $$FUZZ_REPORT
+	$(PY) -m pytest -q -m fuzz tests/fuzz
 
 test-deploy: $(STAMP)  ## Helm chart, compose file and Dockerfile checks only (fast; no Docker engine, no cluster)
 	$(PY) -m pytest -q tests/deploy

@@ -2,10 +2,10 @@
 
 - `fuzz_cfg`: the tiny config with a bearer token, servers bound to loopback, and small retriever/reward limits
   (so that generated values reach them at once; the contract is the same at any size).
-- `services`: the four real gRPC servers of the project (retriever and reward through their `serve`, trainer
-  and rollout servicers around a real TrainerLoop + Learner on the tiny model and a real RolloutWorker) on
-  loopback, and the channels the fuzz driver calls them through. Only the vLLM engine is scripted
-  (`AnswerEngine`), so no vLLM starts.
+- `services` (per module, like `learner` and `tokenizer`): the four real gRPC servers of the project (retriever
+  and reward through their `serve`, trainer and rollout servicers around a real TrainerLoop + Learner on the tiny
+  model and a real RolloutWorker) on loopback, and the channels the fuzz driver calls them through. Only the
+  vLLM engine is scripted (`kit.AnswerEngine`), so no vLLM starts.
 - `tally`: inputs per API and outcome; the table is rewritten after every test to $FUZZ_REPORT (default
   `<pytest basetemp>/fuzz-report.md`) and printed at the end of the session.
 """
@@ -40,6 +40,14 @@ from tests.integration.trainer_kit import make_cfg
 
 _TALLY = Tally()
 _REPORT: list[Path] = []
+LEGEND = """\
+Counts per API of one `make test-fuzz` run (tests/fuzz). gRPC: every reply is the documented one; INTERNAL is
+only grpc's own answer to a payload that does not parse ("Exception deserializing request!", the servicer never
+runs), RESOURCE_EXHAUSTED a payload past the 64 MiB limit, UNAUTHENTICATED a missing or wrong token. Redis:
+accepted/ValueError = what the decoder did; completed/dead-lettered = tasks through a running rollout worker;
+admitted/discarded/ValueError (dead-lettered) = trajectories through the trainer's gather. s = seconds spent.
+
+"""
 
 
 @pytest.fixture(scope="session")
@@ -66,19 +74,19 @@ def fuzz_cfg(tmp_path_factory) -> Config:
     return cfg
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def learner(fuzz_cfg) -> Learner:
     return Learner(fuzz_cfg.trainer, resolve_model(fuzz_cfg.model.path), fuzz_cfg.run.seed)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tokenizer(fuzz_cfg):  # noqa: ANN201
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(resolve_model(fuzz_cfg.model.path))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def services(fuzz_cfg, learner, tokenizer, redis_server) -> Iterator[Services]:
     from searchrl_retriever.server import serve as serve_retriever
     from searchrl_reward.server import serve as serve_reward
@@ -134,10 +142,10 @@ def tally(tmp_path_factory) -> Tally:
 def _write_report(tally) -> Iterator[None]:
     yield
     _REPORT[0].parent.mkdir(parents=True, exist_ok=True)
-    _REPORT[0].write_text(tally.markdown())
+    _REPORT[0].write_text(LEGEND + tally.markdown())
 
 
 def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest hook
     if _TALLY.outcomes:
         terminalreporter.write_sep("=", f"fuzz report ({_REPORT[0]})")
-        terminalreporter.write(_TALLY.markdown())
+        terminalreporter.write(LEGEND + _TALLY.markdown())

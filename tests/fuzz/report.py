@@ -1,6 +1,6 @@
 """Per-API counts of the fuzz suite: every input sent, by outcome (a gRPC status code, or for Redis records what
-the decoder or the intake path did with it), failures, and wall time; rendered as the markdown table for
-docs/reliability.md."""
+the decoder or the intake path did with it), failures, and wall time; rendered as markdown tables (one per
+section) for docs/reliability.md."""
 
 from __future__ import annotations
 
@@ -35,18 +35,22 @@ class Outcome:
 
 
 class Tally:
-    """Inputs per API and outcome. `count(api, inputs)` wraps the handling of `inputs` inputs: an exception inside
-    counts them as failures (and propagates, so Hypothesis reports the input)."""
+    """Inputs per API and outcome. `count(section, api, inputs)` wraps the handling of `inputs` inputs: an
+    exception inside counts them as failures (and propagates, so Hypothesis reports the input)."""
 
     def __init__(self) -> None:
+        self.sections: dict[str, list[str]] = {}
         self.outcomes: dict[str, Counter[str]] = {}
         self.failures: Counter[str] = Counter()
         self.seconds: Counter[str] = Counter()
 
     @contextmanager
-    def count(self, api: str, inputs: int = 1) -> Iterator[Outcome]:
-        out = Outcome()
+    def count(self, section: str, api: str, inputs: int = 1) -> Iterator[Outcome]:
+        apis = self.sections.setdefault(section, [])
+        if api not in apis:
+            apis.append(api)
         row = self.outcomes.setdefault(api, Counter())
+        out = Outcome()
         t0 = time.perf_counter()
         try:
             yield out
@@ -62,13 +66,17 @@ class Tally:
         return sum(self.outcomes.get(api, Counter()).values()) + self.failures[api]
 
     def markdown(self) -> str:
-        seen = {name for row in self.outcomes.values() for name in row}
+        return "\n".join(self._table(section, apis) for section, apis in self.sections.items())
+
+    def _table(self, section: str, apis: list[str]) -> str:
+        seen = {name for api in apis for name in self.outcomes[api]}
         cols = [c for c in _ORDER if c in seen] + sorted(seen - set(_ORDER))
         lines = [
-            "| " + " | ".join(["API", "inputs", *cols, "failures", "s"]) + " |",
+            "| " + " | ".join([section, "inputs", *cols, "failures", "s"]) + " |",
             "|---|" + "---:|" * (len(cols) + 3),
         ]
-        for api, row in self.outcomes.items():
+        for api in apis:
+            row = self.outcomes[api]
             cells = [
                 api,
                 self.inputs(api),

@@ -1,12 +1,17 @@
 """Hypothesis strategies of hostile values shared by the gRPC and Redis fuzz tests: unicode strings (empty,
 invisible, right-to-left, combining, astral, and sized just around a limit or far past it), integers at the edges
 of a range, oversized lists, raw protobuf wire bytes (wrong wire types, overlong varints, lying lengths, mutated
-valid messages) and authorization headers that are not the right one."""
+valid messages) and authorization headers that are not the right one; and the suite's Hypothesis settings."""
 
 from __future__ import annotations
 
 from google.protobuf.message import Message
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+
+# The suite's settings: no per-example deadline (the per-call ones catch hangs), no example database in the
+# repo, a reproduction blob printed on failure (the examples are random each run).
+SETTINGS = settings(deadline=None, database=None, print_blob=True, suppress_health_check=list(HealthCheck))
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)

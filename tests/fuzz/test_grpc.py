@@ -9,13 +9,13 @@ import math
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from searchrl.proto import retriever_pb2, reward_pb2, rollout_pb2, trainer_pb2
 from searchrl_reward.rules import PRESETS
 from tests.fuzz.grpc_driver import OK, Api, assert_healthy, inputs, send
-from tests.fuzz.strategies import INT32, INT64, ints, lists_of, mostly, texts
+from tests.fuzz.strategies import INT32, INT64, SETTINGS, ints, lists_of, mostly, texts
 
 pytestmark = pytest.mark.fuzz
 
@@ -27,10 +27,10 @@ def run_api(services, tally, api: Api) -> None:  # noqa: ANN001
     chs = services.channels[api.name.split(".")[0]]
     assert_healthy(chs, api)
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @settings(SETTINGS, max_examples=EXAMPLES)
     @given(inputs(api, services.token))
     def fuzz(item) -> None:  # noqa: ANN001
-        with tally.count(api.name) as out:
+        with tally.count("gRPC method", api.name) as out:
             out.name = send(chs, api, item)
 
     fuzz()

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
 from searchrl.records import MAX_GROUP_SIZE, MAX_QUESTION_CHARS, MAX_TASK_ID_CHARS, PromptTask, Trajectory
@@ -41,16 +41,16 @@ from tests.fuzz.record_maps import (
     trajectory_base,
     trajectory_hostile,
 )
-from tests.fuzz.strategies import mostly
+from tests.fuzz.strategies import SETTINGS, mostly
 from tests.integration.trainer_kit import N, traj
 
 pytestmark = pytest.mark.fuzz
 
-SETTINGS = settings(deadline=None, database=None, suppress_health_check=list(HealthCheck))
 # The intake paths keep state across examples (a poison entry stays pending): a failure is reported as found,
 # not shrunk (a shrink step would replay it against the changed state, and a hang costs RESOLVE_S each time).
 STATEFUL = settings(SETTINGS, phases=[Phase.explicit, Phase.reuse, Phase.generate])
 VOCAB, MAX_TOKENS = 1000, 64  # of the direct Trajectory.decode calls
+RECORDS = "Redis record"
 RESOLVE_S = 30.0  # an intake example not resolved by then is a hang
 _TRAJ_ERROR = re.compile(r"(meta\.|stream entry|prompt_ids|response_ids|loss_mask|logprobs)")
 
@@ -109,7 +109,7 @@ TRAJECTORY_SEEDS = seeds(trajectory_base(traj("t", 0, 0, 0.0, np.random.default_
 
 def test_prompt_task_decode(tally) -> None:
     def check(fields: dict) -> None:
-        with tally.count("PromptTask.decode") as out:
+        with tally.count(RECORDS, "PromptTask.decode") as out:
             task = decodes_task(fields)
             if task is not None:
                 check_task(task)
@@ -134,7 +134,7 @@ def _trajectory_entries(tasks: list[str], version: int, vocab: int) -> st.Search
 
 def test_trajectory_decode(tally) -> None:
     def check(fields: dict) -> None:
-        with tally.count("Trajectory.decode") as out:
+        with tally.count(RECORDS, "Trajectory.decode") as out:
             t = decodes_trajectory(fields, VOCAB, MAX_TOKENS)
             if t is not None:
                 check_trajectory(t, VOCAB, MAX_TOKENS)
@@ -183,7 +183,7 @@ def test_rollout_worker_intake(services, fuzz_cfg, tokenizer, redis_client, tall
         )
     )
     def fuzz(entries: list[dict]) -> None:
-        with tally.count(api, len(entries)) as out:
+        with tally.count(RECORDS, api, len(entries)) as out:
             marks = [str(next(seq)).encode() for _ in entries]
             eids = [r.xadd(s.prompts, {**f, MARK: m}) for f, m in zip(entries, marks, strict=True)]
             good = PromptTask(
@@ -244,7 +244,7 @@ def test_trainer_admission(fuzz_cfg, learner, redis_client, tmp_path, tally) -> 
         loop.top_up_prompts()
         tasks = sorted(loop.out)
         entries = [_bind(f, tasks[slot], loop.state.version) for slot, f in drawn]
-        with tally.count(api, len(entries)) as out:
+        with tally.count(RECORDS, api, len(entries)) as out:
             marks = [str(next(seq)).encode() for _ in entries]
             eids = [r.xadd(stream, {**f, MARK: m}).decode() for f, m in zip(entries, marks, strict=True)]
             with pytest.raises(TimeoutError):
