@@ -32,6 +32,13 @@ def pytest_runtest_makereport(item, call):  # noqa: ANN001, ANN201 - pytest hook
     setattr(item, f"rep_{rep.when}", rep)
 
 
+def _crash_message(item: pytest.Item) -> str | None:
+    """The exception line of the test's call phase, when it failed."""
+    rep = getattr(item, "rep_call", None)
+    crash = getattr(getattr(rep, "longrepr", None), "reprcrash", None)
+    return crash.message if crash is not None else None
+
+
 @pytest.fixture(scope="session")
 def chaos_report(tmp_path_factory) -> Path:
     path = Path(os.environ.get("CHAOS_REPORT") or tmp_path_factory.getbasetemp() / "chaos-report.md")
@@ -69,17 +76,12 @@ def chaos_run(request, tmp_path, index_dir, chaos_report, monkeypatch) -> Iterat
     finally:
         if run.row is None:  # failed before finish(): still account for what happened
             cluster.close()
-            crash = getattr(
-                getattr(getattr(request.node, "rep_call", None), "longrepr", None), "reprcrash", None
-            )
-            if crash is not None:
-                failure = crash.message
-            failure = failure.splitlines()[0]
+            failure = _crash_message(request.node) or failure
             try:
                 acc, report, problems = run.verdict()
             except Exception as e:  # noqa: BLE001 - the row must still be written
                 acc, report, problems = None, {}, [f"accounting failed: {e}"]
-            run.record(acc, report, [f"FAIL: {failure}", *problems])
+            run.record(acc, report, [f"FAIL: {failure.splitlines()[0]}", *problems])
         tap.stop()
         cluster.close()
         redis_server.stop()

@@ -51,7 +51,8 @@ class ServiceDied(RuntimeError):
 
 
 class RedisServer:
-    """redis-server with `--appendonly yes --appendfsync everysec --requirepass`, restartable on one port."""
+    """redis-server with AOF (`appendfsync everysec`) and a password, restartable on the same port and directory
+    (`searchrl.redisio.EmbeddedRedis` picks a new port and password on every start)."""
 
     def __init__(self, directory: Path, password: str) -> None:
         self.dir, self.password, self.port = directory, password, quiet_ports(1)[0]
@@ -63,18 +64,16 @@ class RedisServer:
         return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 30.0) -> None:
-        args = [
-            redis_server_binary(),
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(self.dir),
-        ]
+        # The password goes in through stdin ("-": config from stdin), never in the command line.
+        args = [redis_server_binary(), "-", "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")]
         args += ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"]
-        args += ["--requirepass", self.password, "--logfile", str(self.dir / "redis.log")]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, preexec_fn=die_with_parent
+        )
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"requirepass {self.password}\n".encode())
+        self.proc.stdin.close()
         client = connect(self.url)
         deadline = time.monotonic() + timeout
         while True:
@@ -128,11 +127,9 @@ class Cluster:
         self.logs = self.run_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         cfg.security.bind_host = "127.0.0.1"
-        ports = quiet_ports(len(PORT_KEYS) * len(SERVICES))
+        ports = iter(quiet_ports(len(PORT_KEYS) * len(SERVICES)))
         # One config for all; each worker gets its own gRPC/health/metrics port and weights dir through --set.
-        self.ports = {
-            name: dict(zip(PORT_KEYS, ports[3 * i :], strict=False)) for i, name in enumerate(SERVICES)
-        }
+        self.ports = {name: {key: next(ports) for key in PORT_KEYS} for name in SERVICES}
         for name in ("retriever", "reward", "trainer"):
             for key, port in self.ports[name].items():
                 setattr(getattr(cfg, name), key, port)
@@ -264,11 +261,9 @@ class Cluster:
     def committed(self) -> int:
         return len(self.metrics_lines())
 
-    def wait_committed(self, n: int, timeout: float = 900.0) -> float:
-        """Block until metrics.jsonl has `n` lines; returns the time that took."""
-        t0 = time.monotonic()
+    def wait_committed(self, n: int, timeout: float = 900.0) -> None:
+        """Block until metrics.jsonl has `n` lines."""
         self.wait_until(f"{n} steps in metrics.jsonl", lambda: self.committed() >= n, timeout)
-        return time.monotonic() - t0
 
     def trainer_status(self) -> trainer_pb2.TrainerStatus:
         return trainer_status(self.address("trainer"), self.cfg.security)

@@ -1,9 +1,10 @@
 """Fault injection on the whole system (tiny config, 8 steps, two rollout workers, Redis with AOF): after each
 fault the run must finish its steps with nothing trained twice, nothing lost and poison dead-lettered, `searchrl
-audit` must pass, and a restarted trainer must resume at the step it had committed.
+audit` must pass, and a restarted trainer must resume at its newest checkpoint and train the steps after it again
+(metrics.jsonl keeps one line per step).
 
 Cheap faults that do not interact share a run (retriever, reward and worker kills; poison prompts and
-trajectories). Not in the default test run: `make test-chaos` (about 25 minutes on 2 cores).
+trajectories). Not in the default test run: `make test-chaos` (2.5-5 min per scenario on 2 cores).
 """
 
 from __future__ import annotations
