@@ -45,7 +45,8 @@ Counts per API of one `make test-fuzz` run (tests/fuzz). gRPC: every reply is th
 only grpc's own answer to a payload that does not parse ("Exception deserializing request!", the servicer never
 runs), RESOURCE_EXHAUSTED a payload past the 64 MiB limit, UNAUTHENTICATED a missing or wrong token. Redis:
 accepted/ValueError = what the decoder did; completed/dead-lettered = tasks through a running rollout worker;
-admitted/discarded/ValueError (dead-lettered) = trajectories through the trainer's gather. s = seconds spent.
+admitted/discarded/ValueError (dead-lettered) = trajectories through the trainer's gather. s = seconds spent
+handling the inputs (generating them not included).
 
 """
 
@@ -123,7 +124,7 @@ def services(fuzz_cfg, learner, tokenizer, redis_server) -> Iterator[Services]:
     a = cfg.addresses
     addresses = {"Retriever": a.retriever, "Reward": a.reward, "Trainer": a.trainer, "Rollout": a.rollout[0]}
     channels = {n: Channels(x, token, channel(x, cfg.security)) for n, x in addresses.items()}
-    yield Services(cfg, token, channels, loop, store, worker)
+    yield Services(cfg, token, channels, store)
     for chs in channels.values():
         chs.close()
     for server in servers:

@@ -13,7 +13,6 @@ from searchrl.weightsync import WeightStore
 from searchrl_rollout.engine import GenOut, GenParams
 from searchrl_rollout.server import grpc_score, grpc_search
 from searchrl_rollout.worker import RolloutWorker, make_puller
-from searchrl_trainer.loop import TrainerLoop
 from tests.fuzz.grpc_driver import Channels
 
 
@@ -50,9 +49,10 @@ def make_worker(cfg: Config, tokenizer, r, consumer: str) -> RolloutWorker:  # n
 
 @dataclass
 class Services:
+    """The running servers, as the fuzz tests see them: their config and token, the channels to each (by
+    service name, "Retriever"), and the trainer's weight store (what GetWeights must serve)."""
+
     cfg: Config
     token: str
-    channels: dict[str, Channels]  # service name ("Retriever") -> channels to it
-    loop: TrainerLoop
+    channels: dict[str, Channels]
     store: WeightStore
-    worker: RolloutWorker

@@ -35,7 +35,8 @@ JSON_VALUES = st.recursive(
 )
 
 
-def _hostile(*specific: st.SearchStrategy) -> st.SearchStrategy:
+def json_or(*specific: st.SearchStrategy) -> st.SearchStrategy:
+    """One of `specific` (values hostile to one field) or any JSON value."""
     return st.one_of(*specific, JSON_VALUES)
 
 
@@ -148,13 +149,13 @@ def prompt_task_base(task_id: str) -> dict[str, Any]:
 
 
 PROMPT_HOSTILE = {
-    "task_id": _hostile(texts(MAX_TASK_ID_CHARS)),
-    "question": _hostile(texts(MAX_QUESTION_CHARS)),
-    "golden_answers": _hostile(lists_of(texts(64), 4, many=300), texts(8)),
-    "group_size": _hostile(ints(-(2**63), 2**63, 1, MAX_GROUP_SIZE, 10**9)),
-    "reward_preset": _hostile(texts(16)),
-    "min_policy_version": _hostile(ints(-(2**63), 2**63, 2**62)),
-    "stage": _hostile(texts(512)),
+    "task_id": json_or(texts(MAX_TASK_ID_CHARS)),
+    "question": json_or(texts(MAX_QUESTION_CHARS)),
+    "golden_answers": json_or(lists_of(texts(64), 4, many=300), texts(8)),
+    "group_size": json_or(ints(-(2**63), 2**63, 1, MAX_GROUP_SIZE, 10**9)),
+    "reward_preset": json_or(texts(16)),
+    "min_policy_version": json_or(ints(-(2**63), 2**63, 2**62)),
+    "stage": json_or(texts(512)),
 }
 
 
@@ -172,15 +173,15 @@ def _packed(values: st.SearchStrategy, dtype: str) -> st.SearchStrategy[bytes]:
 def trajectory_hostile(vocab_size: int) -> dict[str, st.SearchStrategy]:
     ids = _packed(ints(*INT32, vocab_size), "<i4")
     return {
-        "traj_id": _hostile(texts(32)),
-        "task_id": _hostile(texts(32)),
-        "sample_index": _hostile(ints(-(2**63), 2**63, 2, 2**62)),
-        "group_size": _hostile(ints(-(2**63), 2**63, 2, 2**62)),
-        "policy_version": _hostile(ints(-(2**63), 2**63, 2**62)),
-        "reward": _hostile(st.floats(), _HUGE),
-        "metrics": _hostile(st.dictionaries(texts(8), JSON_SCALARS, max_size=3)),
-        "finish_reason": _hostile(texts(512)),
-        "stage": _hostile(texts(512)),
+        "traj_id": json_or(texts(32)),
+        "task_id": json_or(texts(32)),
+        "sample_index": json_or(ints(-(2**63), 2**63, 2, 2**62)),
+        "group_size": json_or(ints(-(2**63), 2**63, 2, 2**62)),
+        "policy_version": json_or(ints(-(2**63), 2**63, 2**62)),
+        "reward": json_or(st.floats(), _HUGE),
+        "metrics": json_or(st.dictionaries(texts(8), JSON_SCALARS, max_size=3)),
+        "finish_reason": json_or(texts(512)),
+        "stage": json_or(texts(512)),
         "prompt_ids": st.one_of(ids, st.binary(max_size=40)),
         "response_ids": st.one_of(ids, st.binary(max_size=40)),
         "loss_mask": st.one_of(_packed(st.integers(0, 255), "u1"), st.binary(max_size=16)),

@@ -33,8 +33,8 @@ from tests.fuzz.record_maps import (
     MARK,
     PROMPT_HOSTILE,
     Fields,
-    _hostile,
     entry,
+    json_or,
     prompt_entries,
     prompt_task_base,
     seeds,
@@ -50,8 +50,9 @@ pytestmark = pytest.mark.fuzz
 # not shrunk (a shrink step would replay it against the changed state, and a hang costs RESOLVE_S each time).
 STATEFUL = settings(SETTINGS, phases=[Phase.explicit, Phase.reuse, Phase.generate])
 VOCAB, MAX_TOKENS = 1000, 64  # of the direct Trajectory.decode calls
-RECORDS = "Redis record"
+DECODER, PATH = "Redis record: decoder", "Redis record: through the service"
 RESOLVE_S = 30.0  # an intake example not resolved by then is a hang
+TASK, VERSION = "@task-placeholder@", 987654321  # what trainer-admission entries are drawn for
 _TRAJ_ERROR = re.compile(r"(meta\.|stream entry|prompt_ids|response_ids|loss_mask|logprobs)")
 
 
@@ -109,7 +110,7 @@ TRAJECTORY_SEEDS = seeds(trajectory_base(traj("t", 0, 0, 0.0, np.random.default_
 
 def test_prompt_task_decode(tally) -> None:
     def check(fields: dict) -> None:
-        with tally.count(RECORDS, "PromptTask.decode") as out:
+        with tally.count(DECODER, "PromptTask.decode") as out:
             task = decodes_task(fields)
             if task is not None:
                 check_task(task)
@@ -134,7 +135,7 @@ def _trajectory_entries(tasks: list[str], version: int, vocab: int) -> st.Search
 
 def test_trajectory_decode(tally) -> None:
     def check(fields: dict) -> None:
-        with tally.count(RECORDS, "Trajectory.decode") as out:
+        with tally.count(DECODER, "Trajectory.decode") as out:
             t = decodes_trajectory(fields, VOCAB, MAX_TOKENS)
             if t is not None:
                 check_trajectory(t, VOCAB, MAX_TOKENS)
@@ -150,7 +151,7 @@ def test_trajectory_decode(tally) -> None:
 # delivery, by design: the intake examples keep min_policy_version either valid (0) or malformed.
 _INTAKE_HOSTILE = {
     **PROMPT_HOSTILE,
-    "min_policy_version": _hostile(st.integers(max_value=-1), st.integers(min_value=2**62 + 1)),
+    "min_policy_version": json_or(st.integers(max_value=-1), st.integers(min_value=2**62 + 1)),
 }
 
 
@@ -183,7 +184,7 @@ def test_rollout_worker_intake(services, fuzz_cfg, tokenizer, redis_client, tall
         )
     )
     def fuzz(entries: list[dict]) -> None:
-        with tally.count(RECORDS, api, len(entries)) as out:
+        with tally.count(PATH, api, len(entries)) as out:
             marks = [str(next(seq)).encode() for _ in entries]
             eids = [r.xadd(s.prompts, {**f, MARK: m}) for f, m in zip(entries, marks, strict=True)]
             good = PromptTask(
@@ -201,11 +202,13 @@ def test_rollout_worker_intake(services, fuzz_cfg, tokenizer, redis_client, tall
                 time.sleep(0.02)
                 for f in _drain(r, s.trajectories):
                     done.add(Trajectory.decode(f, len(tokenizer), cfg.rollout.max_model_len).task_id)
-            dead = {f.get(MARK) for f in _drain(r, f"{s.prompts}:dead")}
+            dead = {f.get(MARK): f.get(b"error", b"").decode() for f in _drain(r, f"{s.prompts}:dead")}
             out.names = []
             for fields, mark in zip(entries, marks, strict=True):
                 task = decodes_task(fields)
                 assert mark in dead or (task is not None and task.task_id in done), (fields, task)
+                if task is None:  # dead-lettered for what decode says, which names the field
+                    assert "meta" in dead[mark], dead[mark]
                 out.names.append("dead-lettered" if mark in dead else "completed")
 
     try:
@@ -244,24 +247,25 @@ def test_trainer_admission(fuzz_cfg, learner, redis_client, tmp_path, tally) -> 
         loop.top_up_prompts()
         tasks = sorted(loop.out)
         entries = [_bind(f, tasks[slot], loop.state.version) for slot, f in drawn]
-        with tally.count(RECORDS, api, len(entries)) as out:
+        with tally.count(PATH, api, len(entries)) as out:
             marks = [str(next(seq)).encode() for _ in entries]
             eids = [r.xadd(stream, {**f, MARK: m}).decode() for f, m in zip(entries, marks, strict=True)]
-            with pytest.raises(TimeoutError):
-                loop.gather(1 << 30, timeout_s=0.0005)
+            _gather_once(loop)
             admitted = set(loop.held)
             if len(loop.ready) >= cfg.trainer.groups_per_step:
                 loop.step(timeout_s=30)
+                _gather_once(loop)  # after a failed step's restore, this takes the pending entries over again
             pending = {p["message_id"].decode() for p in r.xpending_range(stream, GROUP, "-", "+", 10_000)}
             held = loop.held | {e for _, es, _ in loop.unsaved for e in es}
             assert pending & set(eids) <= held, "an entry left pending that no group holds"
-            dead = {f.get(MARK) for f in _drain(r, dead_stream)}
+            dead = {f.get(MARK): f.get(b"error", b"").decode() for f in _drain(r, dead_stream)}
             out.names = []
             for eid, fields, mark in zip(eids, entries, marks, strict=True):
                 if decodes_trajectory(fields, vocab, max_tokens) is None:
                     assert eid not in pending and mark in dead, (
                         "a malformed entry not acked and dead-lettered"
                     )
+                    assert _TRAJ_ERROR.match(dead[mark].removeprefix("malformed: ")), dead[mark]
                     out.names.append("ValueError")
                 else:
                     out.names.append("admitted" if eid in admitted else "discarded")
@@ -273,7 +277,10 @@ def test_trainer_admission(fuzz_cfg, learner, redis_client, tmp_path, tally) -> 
     _trains_on(loop, r, stream)
 
 
-TASK, VERSION = "@task-placeholder@", 987654321
+def _gather_once(loop: TrainerLoop) -> None:
+    """One pass of the real gather (top up, read, admit) that ends in its timeout (it never gets 2**30 groups)."""
+    with pytest.raises(TimeoutError):
+        loop.gather(1 << 30, timeout_s=0.0005)
 
 
 def _bind(fields: dict, task: str, version: int) -> dict:
