@@ -2,14 +2,18 @@
 (which `searchrl audit` replays):
 
 - `StreamTap` follows the `prompts` and `trajectories` streams with plain XREAD (no consumer group, so it changes
-  nothing) and records every task issued and every trajectory written, before the services' acks delete them.
+  nothing) and records every task issued and every trajectory written (first copy of each id), before the
+  services' acks delete them.
 - `account()` adds `<run_dir>/metrics.jsonl`, the dead-letter streams (`*:dead`) and what Redis still holds in
   flight at the end, and `Accounting.problems()` states every breach:
-  - the step numbers must increase strictly and end at `max_steps` (a repeated number is committed training a
-    restart rolled back, reported again);
-  - trained twice: the steps (the last line of each step number) trained more trajectories than distinct ones
-    were ever written -- some copy was trained beside its original;
-  - lost: a task issued whose group was never completely written and which no dead-letter stream holds;
+  - the step numbers must increase strictly and end at `max_steps`;
+  - the steps' totals (trajectories, response tokens, generation seconds; the last line of each step number)
+    must equal the totals of the complete groups written for tasks that were not dead-lettered: more is a copy
+    trained beside its original (trained twice), less is written data that never reached the final weights
+    (lost; e.g. a step rolled back by a restart and not trained again). Generation seconds are as good as a
+    fingerprint, so a step trained again on other groups does not balance. With stale groups dropped (metrics'
+    `dropped_groups`) only "more" is a breach;
+  - lost tasks: issued, never completely written, not in a dead-letter stream;
   - in flight at the end: entries pending in either consumer group, tasks still outstanding;
   - non-finite numbers in metrics.jsonl.
 """
@@ -37,15 +41,41 @@ def _meta(fields: dict[bytes, bytes]) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
+@dataclass(frozen=True)
+class Totals:
+    """Trajectories, response tokens and generation seconds summed over a set of trajectories."""
+
+    n: int = 0
+    tokens: int = 0
+    generate_s: float = 0.0
+
+    def __add__(self, other: Totals) -> Totals:
+        return Totals(self.n + other.n, self.tokens + other.tokens, self.generate_s + other.generate_s)
+
+    def same(self, other: Totals) -> bool:
+        return (self.n, self.tokens) == (other.n, other.tokens) and math.isclose(
+            self.generate_s, other.generate_s, rel_tol=1e-6, abs_tol=1e-6
+        )
+
+    def __str__(self) -> str:
+        return f"{self.n} trajectories, {self.tokens} response tokens, {self.generate_s:.4f} s generating"
+
+
+def step_totals(m: dict) -> Totals:
+    """The totals of one metrics.jsonl line."""
+    n = int(m["trajectories"])
+    return Totals(n, round(float(m["response_len_mean"]) * n), float(m["generate_s"]))
+
+
 class StreamTap(threading.Thread):
-    """Records task ids (with group sizes) from `prompts` and trajectory ids from `trajectories` as they are
-    written; survives Redis restarts (it reconnects and goes on from the last ids it saw)."""
+    """Records tasks (with group sizes) from `prompts` and the first copy of every trajectory from
+    `trajectories` as they are written; survives Redis restarts (it reconnects and goes on from the last ids)."""
 
     def __init__(self, url: str, prompts: str, trajectories: str) -> None:
         super().__init__(name="stream-tap", daemon=True)
         self.url, self.prompts, self.trajectories = url, prompts, trajectories
-        self.issued: dict[str, int] = {}  # task id -> group size
-        self.written: dict[str, set[int]] = defaultdict(set)  # task id -> sample indexes
+        self.issued: dict[str, object] = {}  # task id -> group size (as written, poison included)
+        self.written: dict[str, dict[int, Totals]] = defaultdict(dict)  # task id -> sample index -> totals
         self._done = threading.Event()
 
     def run(self) -> None:
@@ -61,20 +91,22 @@ class StreamTap(threading.Thread):
                 name = stream.decode()
                 for eid, fields in entries:
                     last[name] = eid.decode()
-                    self._record(name, _meta(fields))
+                    self._record(name, fields)
         r.close()
 
-    def _record(self, stream: str, meta: dict) -> None:
-        task = str(meta.get("task_id", ""))
+    def _record(self, stream: str, fields: dict[bytes, bytes]) -> None:
+        meta = _meta(fields)
+        task, i = str(meta.get("task_id", "")), meta.get("sample_index")
         if stream == self.prompts:
-            self.issued[task] = meta.get("group_size")  # type: ignore[assignment]
-        elif isinstance(meta.get("sample_index"), int):
-            self.written[task].add(meta["sample_index"])
+            self.issued[task] = meta.get("group_size")
+        elif isinstance(i, int) and i not in self.written[task]:
+            gen = (meta.get("metrics") or {}).get("generate_s", 0.0)
+            self.written[task][i] = Totals(1, len(fields.get(b"response_ids", b"")) // 4, float(gen))
 
     def complete(self) -> set[str]:
         """Tasks whose whole group has been written."""
         issued = list(self.issued.items())
-        return {t for t, n in issued if isinstance(n, int) and len(self.written.get(t, ())) >= n}
+        return {t for t, n in issued if isinstance(n, int) and len(self.written.get(t, {})) >= n}
 
     def stop(self) -> None:
         self._done.set()
@@ -84,20 +116,25 @@ class StreamTap(threading.Thread):
 @dataclass
 class Accounting:
     steps: list[int]
-    lineage_trained: int  # trajectories of the last line of each step number
-    written: int  # distinct trajectory ids ever written
-    lost: list[str]
+    trained: Totals  # the last metrics line of each step number
+    written: Totals  # complete groups of tasks that were not dead-lettered
+    group_size: int
+    dropped_groups: int
+    lost_tasks: list[str]
     in_flight: dict[str, int]
-    dead: set[str]  # task / trajectory ids in the dead-letter streams
+    dead: set[str]  # task ids in the dead-letter streams
     non_finite: list[str] = field(default_factory=list)
 
     @property
-    def redone_steps(self) -> list[int]:
-        return [b for a, b in zip(self.steps, self.steps[1:], strict=False) if b <= a]
+    def trained_twice(self) -> int:
+        """Groups trained beyond the written ones (rounded up)."""
+        return -(-max(self.trained.n - self.written.n, 0) // self.group_size)
 
     @property
-    def trained_twice(self) -> int:
-        return max(self.lineage_trained - self.written, 0)
+    def lost(self) -> int:
+        """Tasks lost: never completely written, or written and not trained (groups, rounded up)."""
+        untrained = 0 if self.dropped_groups else max(self.written.n - self.trained.n, 0)
+        return len(self.lost_tasks) + -(-untrained // self.group_size)
 
     def problems(self, max_steps: int) -> list[str]:
         out = []
@@ -105,20 +142,22 @@ class Accounting:
             out.append(
                 f"metrics.jsonl ends at step {self.steps[-1] if self.steps else None}, not {max_steps}"
             )
-        if self.redone_steps:
+        redone = [b for a, b in zip(self.steps, self.steps[1:], strict=False) if b <= a]
+        if redone:
             out.append(
-                f"step numbers in metrics.jsonl not strictly increasing (redone: {self.redone_steps}): "
-                f"{self.steps}"
+                f"step numbers in metrics.jsonl not strictly increasing (again: {redone}): {self.steps}"
             )
-        if self.trained_twice:
+        more = self.trained.n > self.written.n
+        if more or not (self.dropped_groups or self.trained.same(self.written)):
             out.append(
-                f"trained twice: the steps trained {self.lineage_trained} trajectories, only {self.written} "
-                "distinct ones were ever written"
+                f"trained data do not balance (a copy trained beside its original, or written groups missing from "
+                f"the final weights): the steps trained {self.trained}; the complete groups written come to "
+                f"{self.written}"
             )
-        if self.lost:
+        if self.lost_tasks:
             out.append(
-                f"lost: {len(self.lost)} task(s) issued, never completely written nor dead-lettered: "
-                f"{self.lost[:6]}"
+                f"lost: {len(self.lost_tasks)} task(s) issued, never completely written nor dead-lettered: "
+                f"{self.lost_tasks[:6]}"
             )
         if any(self.in_flight.values()):
             out.append(f"still in flight after the run: {self.in_flight}")
@@ -128,12 +167,12 @@ class Accounting:
 
 
 def dead_letters(r: redis.Redis) -> set[str]:
-    """Task and trajectory ids held by the dead-letter streams (`*:dead`)."""
-    ids: set[str] = set()
-    for key in r.scan_iter(match="*:dead", _type="stream"):
-        for _eid, fields in r.xrange(key):
-            ids.update(str(v) for k, v in _meta(fields).items() if k in ("task_id", "traj_id"))
-    return ids
+    """Task ids of the entries in the dead-letter streams (`*:dead`: prompt tasks and trajectories)."""
+    return {
+        str(_meta(fields).get("task_id"))
+        for key in r.scan_iter(match="*:dead", _type="stream")
+        for _eid, fields in r.xrange(key)
+    }
 
 
 def _in_flight(r: redis.Redis, cfg: Config) -> dict[str, int]:
@@ -156,13 +195,16 @@ def _non_finite(metrics: list[dict]) -> list[str]:
 def account(r: redis.Redis, cfg: Config, run_dir: Path, tap: StreamTap) -> Accounting:
     path = run_dir / "metrics.jsonl"
     metrics = [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
-    lineage = {int(m["step"]): int(m.get("trajectories", 0)) for m in metrics}  # later lines win
+    lineage = {int(m["step"]): step_totals(m) for m in metrics}  # a later line of a step number wins
     dead = dead_letters(r)
+    complete = tap.complete() - dead
     return Accounting(
         steps=[int(m["step"]) for m in metrics],
-        lineage_trained=sum(lineage.values()),
-        written=sum(len(s) for s in tap.written.values()),
-        lost=sorted(set(tap.issued) - tap.complete() - dead),
+        trained=sum(lineage.values(), Totals()),
+        written=sum((t for task in complete for t in tap.written[task].values()), Totals()),
+        group_size=cfg.trainer.group_size,
+        dropped_groups=int(metrics[-1].get("dropped_groups", 0)) if metrics else 0,
+        lost_tasks=sorted(set(tap.issued) - tap.complete() - dead),
         in_flight=_in_flight(r, cfg),
         dead=dead,
         non_finite=_non_finite(metrics),

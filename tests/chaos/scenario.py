@@ -136,7 +136,7 @@ class Run:
             "trained twice (audit / own)": pair(
                 report.get("trained_twice"), acc.trained_twice if acc else "?"
             ),
-            "lost (audit / own)": pair(report.get("unaccounted"), len(acc.lost) if acc else "?"),
+            "lost (audit / own)": pair(report.get("unaccounted"), acc.lost if acc else "?"),
             "dead-lettered": str(len(acc.dead)) if acc else "?",
             "audit": rc,
             "result": "pass" if not problems else problems[0].splitlines()[0][:200],
