@@ -185,11 +185,9 @@ def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         (True, False): grpc.stream_unary_rpc_method_handler,
         (True, True): grpc.stream_stream_rpc_method_handler,
     }[(handler.request_streaming, handler.response_streaming)]
-    return make(
-        refuse,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    # no request deserializer: an unauthenticated payload is never parsed (a garbage or huge one gets
+    # UNAUTHENTICATED too, not a parse error)
+    return make(refuse, request_deserializer=None, response_serializer=handler.response_serializer)
 
 
 def _add_port(server: grpc.Server, host: str, port: int, creds: grpc.ServerCredentials | None) -> int:

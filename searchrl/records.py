@@ -129,19 +129,14 @@ class Trajectory:
             )
         if meta["traj_id"] != f"{meta['task_id']}/{meta['sample_index']}":
             raise ValueError("meta.traj_id: must be task_id/sample_index")
-        reward = meta.get("reward")
-        if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
-            raise ValueError(f"meta.reward: must be a finite number, got {reward!r}"[:200])
+        if not _finite(meta.get("reward")):
+            raise ValueError(f"meta.reward: must be a finite number, got {meta.get('reward')!r}"[:200])
         metrics = meta.get("metrics", {})
         if not isinstance(metrics, dict) or not all(
-            isinstance(k, str)
-            and isinstance(v, (int, float))
-            and not isinstance(v, bool)
-            and math.isfinite(v)
-            for k, v in metrics.items()
+            isinstance(k, str) and _finite(v) for k, v in metrics.items()
         ):
             raise ValueError("meta.metrics: must map names to finite numbers")
-        f = {k.decode() if isinstance(k, bytes) else k: v for k, v in fields.items()}
+        f = {_field_name(k): v for k, v in fields.items()}
         arrays = {}
         for name, dtype in (("prompt_ids", "<i4"), ("response_ids", "<i4"), ("loss_mask", np.uint8)):
             arrays[name] = _array(f, name, dtype)
@@ -163,7 +158,7 @@ class Trajectory:
             raise ValueError("loss_mask: values must be 0 or 1")
         if n and not np.isfinite(arrays["logprobs"]).all():
             raise ValueError("logprobs: not finite")
-        return Trajectory(**{**meta, "reward": float(reward)}, **arrays)
+        return Trajectory(**{**meta, "reward": float(meta["reward"])}, **arrays)
 
 
 _TRAJ_META = {
@@ -178,6 +173,25 @@ _TRAJ_META = {
     "stage",
 }
 _MAX_INT = 2**62
+
+
+def _finite(v: Any) -> bool:
+    """A real number (not a bool) that is finite as a float; a huge int (10**400) is not."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
+
+
+def _field_name(k: bytes | str) -> str:
+    if isinstance(k, str):
+        return k
+    try:
+        return k.decode()
+    except UnicodeDecodeError:
+        raise ValueError(f"fields: a field name is not UTF-8: {k[:40]!r}") from None
 
 
 def _check_str(meta: dict[str, Any], name: str, required: bool, limit: int = 512) -> None:
@@ -210,8 +224,8 @@ def _meta(fields: dict[bytes | str, bytes | str]) -> dict[str, Any]:
         raise ValueError("stream entry has no 'meta' field")
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"stream entry 'meta' is not JSON: {e}") from e
+    except (ValueError, RecursionError) as e:  # bad JSON, not UTF-8, or nested deeper than the parser goes
+        raise ValueError(f"meta: not a JSON object ({type(e).__name__}: {str(e)[:100]})") from None
     if not isinstance(meta, dict):
         raise ValueError("stream entry 'meta' is not an object")
     return meta

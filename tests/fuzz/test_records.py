@@ -53,7 +53,7 @@ VOCAB, MAX_TOKENS = 1000, 64  # of the direct Trajectory.decode calls
 DECODER, PATH = "Redis record: decoder", "Redis record: through the service"
 RESOLVE_S = 30.0  # an intake example not resolved by then is a hang
 TASK, VERSION = "@task-placeholder@", 987654321  # what trainer-admission entries are drawn for
-_TRAJ_ERROR = re.compile(r"(meta\.|stream entry|prompt_ids|response_ids|loss_mask|logprobs)")
+_TRAJ_ERROR = re.compile(r"(meta[.:]|stream entry|fields:|prompt_ids|response_ids|loss_mask|logprobs)")
 
 
 def check_task(t: PromptTask) -> None:
