@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent import futures
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -173,6 +174,61 @@ class _TokenAuth(grpc.ServerInterceptor):
         return _refusal(handler)
 
 
+@dataclass(frozen=True)
+class _Undecodable:
+    error: str
+
+
+class _DecodeErrors(grpc.ServerInterceptor):
+    """An undecodable request payload gets INVALID_ARGUMENT naming `request`, like any other bad input (grpc's
+    own answer would be INTERNAL "Exception deserializing request!")."""
+
+    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if (
+            handler is None
+            or handler.request_streaming
+            or handler.request_deserializer is None
+            or details.method.startswith(HEALTH_PREFIX)
+        ):
+            return handler
+        parse, method = handler.request_deserializer, details.method
+
+        def deserialize(payload: bytes) -> Any:
+            try:
+                return parse(payload)
+            except Exception as e:  # noqa: BLE001 - any parser failure is the caller's bad input
+                return _Undecodable(f"{type(e).__name__}: {e}"[:200])
+
+        def check(request: Any, context: grpc.ServicerContext) -> None:
+            if isinstance(request, _Undecodable):
+                RPC_ERRORS.labels("grpc", method, "INVALID_ARGUMENT").inc()
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"request: not a valid {method} message ({request.error})",
+                )
+
+        if handler.response_streaming:
+            inner_stream = handler.unary_stream
+
+            def streaming(request: Any, context: grpc.ServicerContext) -> Any:
+                check(request, context)
+                yield from inner_stream(request, context)
+
+            return grpc.unary_stream_rpc_method_handler(
+                streaming, request_deserializer=deserialize, response_serializer=handler.response_serializer
+            )
+        inner = handler.unary_unary
+
+        def unary(request: Any, context: grpc.ServicerContext) -> Any:
+            check(request, context)
+            return inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary, request_deserializer=deserialize, response_serializer=handler.response_serializer
+        )
+
+
 def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """A handler of the same kind as `handler` that answers UNAUTHENTICATED without running it."""
 
@@ -213,7 +269,7 @@ class Server:
         self.host = bind_host(security, credential=bool(token) or security.tls_client_auth)
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
-            interceptors=[_TokenAuth(token)] if token else None,
+            interceptors=[_TokenAuth(token), _DecodeErrors()] if token else [_DecodeErrors()],
             options=_SERVER_OPTIONS,
             maximum_concurrent_rpcs=workers * RPCS_PER_WORKER,
         )

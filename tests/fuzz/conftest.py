@@ -41,9 +41,8 @@ from tests.integration.trainer_kit import make_cfg
 _TALLY = Tally()
 _REPORT: list[Path] = []
 LEGEND = """\
-Counts per API of one `make test-fuzz` run (tests/fuzz). gRPC: every reply is the documented one; INTERNAL is
-only grpc's own answer to a payload that does not parse ("Exception deserializing request!", the servicer never
-runs), RESOURCE_EXHAUSTED a payload past the 64 MiB limit, UNAUTHENTICATED a missing or wrong token. Redis:
+Counts per API of one `make test-fuzz` run (tests/fuzz). gRPC: every reply is the documented one; a payload that does
+not parse as the method's message gets INVALID_ARGUMENT "request: ..." (the servicer never runs), RESOURCE_EXHAUSTED a payload past the 64 MiB limit, UNAUTHENTICATED a missing or wrong token. Redis:
 accepted/ValueError = what the decoder did; completed/dead-lettered = tasks through a running rollout worker;
 admitted/discarded/ValueError (dead-lettered) = trajectories through the trainer's gather. s = seconds spent
 handling the inputs (generating them not included).
