@@ -255,8 +255,6 @@ def policy_version_key(prefix: str) -> str:
     return f"{prefix}:policy_version"
 
 
-def ledger_key(prefix: str) -> str:
-    return f"{prefix}:trained"
 
 
 def failed_key(prefix: str) -> str:
