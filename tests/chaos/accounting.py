@@ -8,11 +8,12 @@
   flight at the end, and `Accounting.problems()` states every breach:
   - the step numbers must increase strictly and end at `max_steps`;
   - the steps' totals (trajectories, response tokens, generation seconds; the last line of each step number)
-    must equal the totals of the complete groups written for tasks that were not dead-lettered: more is a copy
-    trained beside its original (trained twice), less is written data that never reached the final weights
-    (lost; e.g. a step rolled back by a restart and not trained again). Generation seconds are as good as a
-    fingerprint, so a step trained again on other groups does not balance. With stale groups dropped (metrics'
-    `dropped_groups`) only "more" is a breach;
+    must equal the totals of the complete groups written (first copies): more is a copy trained beside its
+    original (trained twice), less is written data that never reached the final weights (lost; e.g. a step
+    rolled back by a restart and not trained again). Generation seconds are as good as a fingerprint, so a step
+    trained on a copy instead of another group does not balance either. When the trainer dropped groups
+    (metrics' `dropped_groups`: stale, malformed, ...) only the count is checked: written = trained + dropped
+    at most;
   - lost tasks: issued, never completely written, not in a dead-letter stream;
   - in flight at the end: entries pending in either consumer group, tasks still outstanding;
   - non-finite numbers in metrics.jsonl.
@@ -117,7 +118,7 @@ class StreamTap(threading.Thread):
 class Accounting:
     steps: list[int]
     trained: Totals  # the last metrics line of each step number
-    written: Totals  # complete groups of tasks that were not dead-lettered
+    written: Totals  # complete groups (first copies)
     group_size: int
     dropped_groups: int
     lost_tasks: list[str]
@@ -131,10 +132,14 @@ class Accounting:
         return -(-max(self.trained.n - self.written.n, 0) // self.group_size)
 
     @property
+    def untrained(self) -> int:
+        """Written trajectories neither in the final weights' steps nor covered by the trainer's dropped groups."""
+        return max(self.written.n - self.trained.n - self.dropped_groups * self.group_size, 0)
+
+    @property
     def lost(self) -> int:
-        """Tasks lost: never completely written, or written and not trained (groups, rounded up)."""
-        untrained = 0 if self.dropped_groups else max(self.written.n - self.trained.n, 0)
-        return len(self.lost_tasks) + -(-untrained // self.group_size)
+        """Tasks lost: never completely written, or written and neither trained nor dropped (groups, rounded up)."""
+        return len(self.lost_tasks) + -(-self.untrained // self.group_size)
 
     def problems(self, max_steps: int) -> list[str]:
         out = []
@@ -147,8 +152,8 @@ class Accounting:
             out.append(
                 f"step numbers in metrics.jsonl not strictly increasing (again: {redone}): {self.steps}"
             )
-        more = self.trained.n > self.written.n
-        if more or not (self.dropped_groups or self.trained.same(self.written)):
+        balanced = self.trained.same(self.written) if not self.dropped_groups else not self.untrained
+        if self.trained.n > self.written.n or not balanced:
             out.append(
                 f"trained data do not balance (a copy trained beside its original, or written groups missing from "
                 f"the final weights): the steps trained {self.trained}; the complete groups written come to "
@@ -197,11 +202,10 @@ def account(r: redis.Redis, cfg: Config, run_dir: Path, tap: StreamTap) -> Accou
     metrics = [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
     lineage = {int(m["step"]): step_totals(m) for m in metrics}  # a later line of a step number wins
     dead = dead_letters(r)
-    complete = tap.complete() - dead
     return Accounting(
         steps=[int(m["step"]) for m in metrics],
         trained=sum(lineage.values(), Totals()),
-        written=sum((t for task in complete for t in tap.written[task].values()), Totals()),
+        written=sum((t for task in tap.complete() for t in tap.written[task].values()), Totals()),
         group_size=cfg.trainer.group_size,
         dropped_groups=int(metrics[-1].get("dropped_groups", 0)) if metrics else 0,
         lost_tasks=sorted(set(tap.issued) - tap.complete() - dead),

@@ -59,6 +59,9 @@ def chaos_run(request, tmp_path, index_dir, chaos_report, monkeypatch) -> Iterat
     cfg = tiny_config_at(tmp_path / "run")
     cfg.trainer.max_steps, cfg.trainer.save_every = MAX_STEPS, SAVE_EVERY
     cfg.streams.claim_idle_ms = CLAIM_IDLE_MS
+    # One task per batch: both workers work on every step, so a stopped worker holds half of it while the
+    # other's group waits in the trainer (the slow-worker case of review finding 1).
+    cfg.rollout.tasks_per_batch = 1
     cfg.retriever.index_dir = str(index_dir)
     redis_server = RedisServer(tmp_path / "redis", secrets.token_hex(12))
     redis_server.start()

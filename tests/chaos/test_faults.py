@@ -89,14 +89,22 @@ def test_redis_restart(chaos_run: Run):
 
 
 def test_worker_sigstop_past_claim_idle(chaos_run: Run):
-    c = chaos_run.cluster
+    """A worker frozen mid-batch until the other worker has reclaimed its task (after claim_idle_ms) and written
+    the group, then thawed: its late copy of the group races with the step that trains the first one."""
+    c, tap = chaos_run.cluster, chaos_run.tap
     c.wait_committed(2)
-    worker = c.wait_until("a worker mid-batch", lambda: _busy_worker(c), 600, 0.1)
-    pause = 3 * c.cfg.streams.claim_idle_ms / 1000
-    f = chaos_run.fault(f"SIGSTOP {worker} mid-batch for {pause:.0f} s (3x claim_idle_ms), SIGCONT")
+    worker = c.wait_until("a worker mid-batch", lambda: _busy_worker(c), 600, 0.05)
+    waiting = set(tap.issued) - tap.complete()
+    f = chaos_run.fault(f"SIGSTOP {worker} mid-batch until its task is redone elsewhere, SIGCONT")
     c.send(worker, signal.SIGSTOP)
-    time.sleep(pause)
+    c.wait_until("the frozen worker's task redone", lambda: waiting <= tap.complete(), 300, 0.05)
+    frozen = time.monotonic() - f.t0
     c.send(worker, signal.SIGCONT)
+    f.label += f" ({frozen:.0f} s)"
+    chaos_run.expect(
+        frozen * 1000 >= c.cfg.streams.claim_idle_ms,
+        f"the frozen worker's task was redone after {frozen:.1f} s, before claim_idle_ms",
+    )
     chaos_run.recovered(f)
     chaos_run.finish()
 
