@@ -19,7 +19,7 @@ test: $(STAMP)  ## the default test suite (what CI runs)
 test-slow: $(STAMP)  ## slow suites only
 	$(PY) -m pytest -q -m slow
 
-test-chaos: $(STAMP)  ## fault injection on the whole system, 8 steps per scenario (~25 min); report: $$CHAOS_REPORT
+test-chaos: $(STAMP)  ## fault injection on the whole system: 6 runs of 8 steps (12-25 min on 2 cores); table: $$CHAOS_REPORT
 	$(PY) -m pytest -q -m chaos tests/chaos
 
 test-fuzz: $(STAMP)  ## the fuzz suite only (tests/fuzz, also part of `make test`; ~1.5 min); report: $$FUZZ_REPORT
