@@ -129,7 +129,7 @@ class Accounting:
     @property
     def trained_twice(self) -> int:
         """Groups trained beyond the written ones (rounded up)."""
-        return -(-max(self.trained.n - self.written.n, 0) // self.group_size)
+        return math.ceil(max(self.trained.n - self.written.n, 0) / self.group_size)
 
     @property
     def untrained(self) -> int:
@@ -139,7 +139,7 @@ class Accounting:
     @property
     def lost(self) -> int:
         """Tasks lost: never completely written, or written and neither trained nor dropped (groups, rounded up)."""
-        return len(self.lost_tasks) + -(-self.untrained // self.group_size)
+        return len(self.lost_tasks) + math.ceil(self.untrained / self.group_size)
 
     def problems(self, max_steps: int) -> list[str]:
         out = []

@@ -68,7 +68,7 @@ def chaos_run(request, tmp_path, index_dir, chaos_report, monkeypatch) -> Iterat
     cluster = Cluster(cfg, redis_server, token)
     tap = StreamTap(redis_server.url, cfg.streams.prompts, cfg.streams.trajectories)
     tap.start()
-    run = Run(request.node.name.removeprefix("test_"), cluster, redis_server, tap)
+    run = Run(request.node.name.removeprefix("test_"), cluster, tap)
     failure = "failed"
     try:
         cluster.start_all()

@@ -40,7 +40,6 @@ class Fault:
 class Run:
     name: str
     cluster: Cluster
-    redis: RedisServer
     tap: StreamTap
     faults: list[Fault] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # contract breaches seen while the run went on
@@ -50,6 +49,10 @@ class Run:
     @property
     def cfg(self) -> Config:
         return self.cluster.cfg
+
+    @property
+    def redis(self) -> RedisServer:
+        return self.cluster.redis
 
     def fault(self, label: str) -> Fault:
         """Mark the moment a fault is injected (call it right before injecting)."""
@@ -62,7 +65,7 @@ class Run:
         if not ok:
             self.problems.append(problem)
 
-    def recovered(self, f: Fault, timeout: float = 600.0) -> float:
+    def recovered(self, f: Fault, timeout: float = 600.0) -> None:
         """Block until a step is committed after the fault (a step trained again after a rollback counts); its
         recovery time is from the fault to that step."""
 
@@ -72,7 +75,6 @@ class Run:
 
         self.cluster.wait_until(f"a step committed after: {f.label}", new_step, timeout)
         f.recover_s = time.monotonic() - f.t0
-        return f.recover_s
 
     # ---- the verdict -----------------------------------------------------------------------------------------
 
