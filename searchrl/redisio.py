@@ -255,7 +255,5 @@ def policy_version_key(prefix: str) -> str:
     return f"{prefix}:policy_version"
 
 
-
-
 def failed_key(prefix: str) -> str:
     return f"{prefix}:failed"
