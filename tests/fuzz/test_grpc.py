@@ -38,6 +38,12 @@ def run_api(services, tally, api: Api) -> None:  # noqa: ANN001
     assert_healthy(chs, api)
 
 
+def no_field_api(name: str, path: str, valid: object, check_ok) -> Api:  # noqa: ANN001
+    """A method whose request has no fields: the only typed input is the empty message, which must be OK; the
+    hostile inputs are raw bytes, bad tokens and oversized payloads."""
+    return Api(name, path, type(valid), st.just(valid), lambda _: OK, check_ok, valid)
+
+
 def test_retriever_search(services, tally) -> None:
     rc = services.cfg.retriever
 
@@ -71,17 +77,11 @@ def test_retriever_info(services, tally) -> None:
         info = retriever_pb2.InfoResponse.FromString(replies[0])
         assert info.num_passages > 0 and info.dim > 0 and info.embedder
 
-    valid = retriever_pb2.InfoRequest()
-    api = Api(
-        "Retriever.Info",
-        "/searchrl.v1.Retriever/Info",
-        type(valid),
-        st.just(valid),
-        lambda _: OK,
-        check_ok,
-        valid,
+    run_api(
+        services,
+        tally,
+        no_field_api("Retriever.Info", "/searchrl.v1.Retriever/Info", retriever_pb2.InfoRequest(), check_ok),
     )
-    run_api(services, tally, api)
 
 
 def test_reward_score(services, tally) -> None:
@@ -169,17 +169,16 @@ def test_trainer_get_status(services, tally) -> None:
         assert status.policy.version == services.store.current.version
         assert status.groups_needed == services.cfg.trainer.groups_per_step
 
-    valid = trainer_pb2.TrainerStatusRequest()
-    api = Api(
-        "Trainer.GetStatus",
-        "/searchrl.v1.Trainer/GetStatus",
-        type(valid),
-        st.just(valid),
-        lambda _: OK,
-        check_ok,
-        valid,
+    run_api(
+        services,
+        tally,
+        no_field_api(
+            "Trainer.GetStatus",
+            "/searchrl.v1.Trainer/GetStatus",
+            trainer_pb2.TrainerStatusRequest(),
+            check_ok,
+        ),
     )
-    run_api(services, tally, api)
 
 
 def _rollout_status(req: object, replies: list[bytes]) -> None:
@@ -188,17 +187,16 @@ def _rollout_status(req: object, replies: list[bytes]) -> None:
 
 
 def test_rollout_get_status(services, tally) -> None:
-    valid = rollout_pb2.RolloutStatusRequest()
-    api = Api(
-        "Rollout.GetStatus",
-        "/searchrl.v1.Rollout/GetStatus",
-        type(valid),
-        st.just(valid),
-        lambda _: OK,
-        _rollout_status,
-        valid,
+    run_api(
+        services,
+        tally,
+        no_field_api(
+            "Rollout.GetStatus",
+            "/searchrl.v1.Rollout/GetStatus",
+            rollout_pb2.RolloutStatusRequest(),
+            _rollout_status,
+        ),
     )
-    run_api(services, tally, api)
 
 
 def test_rollout_sync_weights(services, tally) -> None:
