@@ -119,9 +119,8 @@ class TrainerLoop:
         self.buffer: dict[str, _Group] = {}  # task id -> samples held (partial or complete)
         self.ready: list[str] = []  # complete groups in arrival order
         self.held: set[str] = set()  # entry ids in `buffer`
-        self.unsaved: list[
-            tuple[int, list[str], list[str]]
-        ] = []  # (step, entry ids, task ids) since the ckpt
+        # (step, entry ids, task ids) of the steps since the last checkpoint: acked when one covers them
+        self.unsaved: list[tuple[int, list[str], list[str]]] = []
         self.saved_step = 0
         self.wait = _Wait()
         self._taken_over = False
