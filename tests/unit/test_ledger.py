@@ -45,3 +45,28 @@ def test_event_mirror_resumes_after_a_torn_line_without_duplicates(redis_client,
         except ValueError:
             pass
     assert good == ["issue", "drop"]
+
+
+def test_a_second_run_on_the_same_keys_is_refused(redis_client):
+    """L2: two runs on one Redis would consume each other's trajectories and count each other's tasks."""
+    import pytest
+
+    first = Ledger(redis_client, StreamsConfig(), "trainer-0")
+    first.claim_run("run-a", "a.yaml")
+    first.claim_run("run-a", "a.yaml")  # the same run restarting is fine
+    with pytest.raises(
+        RuntimeError, match="streams.key_prefix 'searchrl' on this Redis belongs to run run-a"
+    ):
+        Ledger(redis_client, StreamsConfig(), "trainer-0").claim_run("run-b", "b.yaml")
+    Ledger(redis_client, StreamsConfig(key_prefix="other"), "trainer-0").claim_run("run-b", "b.yaml")
+
+
+def test_old_checkpoints_are_pruned(tmp_path):
+    """L4: DeepSpeed never deletes a tag; a full disk would crash-loop the trainer at its next save."""
+    from searchrl_trainer.loop import prune_checkpoints
+
+    for step in (2, 4, 10, 12):
+        (tmp_path / f"step_{step}").mkdir()
+    (tmp_path / "latest").write_text("step_12")
+    prune_checkpoints(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_10", "step_12"]
