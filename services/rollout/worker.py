@@ -74,6 +74,14 @@ PullFn = Callable[[int, str, float], tuple[int, str, str]]  # (min_version, dire
 _TRANSIENT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
+BROKEN_AFTER = 3  # different tasks failing alone in a row: the fault is in this worker, not in the tasks
+
+
+class WorkerBroken(RuntimeError):
+    """This worker cannot roll out anything (e.g. its engine died): it exits, to be restarted, instead of
+    dead-lettering every task it takes."""
+
+
 def is_transient(e: BaseException) -> bool:
     """An outage that retrying later may cure; anything else counts as a deterministic failure."""
     if isinstance(e, (redis.ConnectionError, redis.TimeoutError)):
@@ -135,6 +143,7 @@ class RolloutWorker:
         self._temp_weights = not cfg.rollout.weights_dir
         self.weights_dir = cfg.rollout.weights_dir or tempfile.mkdtemp(prefix="searchrl-weights-")
         self._folder: str | None = None  # the pulled folder the engine runs on (ours to delete)
+        self._failed_alone = 0  # tasks that failed on their own since the last success
         self.streams = cfg.streams
         self.version_key = redisio.policy_version_key(cfg.streams.key_prefix)
         self._synced_for = 0  # the announced version the last sync answered
@@ -292,27 +301,37 @@ class RolloutWorker:
         """Roll out the batch; if it fails for a non-transient reason, retry its tasks one by one and dead-letter
         each task that fails alone."""
         try:
-            return held, self._rollout([h.task for h in held], sync_s)
+            trajs = self._rollout([h.task for h in held], sync_s)
+            self._failed_alone = 0
+            return held, trajs
         except Exception as e:
             if is_transient(e):
                 raise
-            if len(held) > 1:
-                log.warning(
-                    "batch of %d tasks failed (%s); retrying them one by one", len(held), _describe(e)
-                )
-            else:
-                self._dead_letter(held[0].eid, held[0].fields, f"failed alone: {_describe(e)}", "failed")
+            if len(held) == 1:
+                self._task_failed_alone(held[0], e)
                 return [], []
+            log.warning("batch of %d tasks failed (%s); retrying them one by one", len(held), _describe(e))
         done, trajs = [], []
         for h in held:
             try:
                 trajs += self._rollout([h.task], 0.0)
+                self._failed_alone = 0
                 done.append(h)
             except Exception as e:
                 if is_transient(e):
                     raise
-                self._dead_letter(h.eid, h.fields, f"failed alone: {_describe(e)}", "failed")
+                self._task_failed_alone(h, e)
         return done, trajs
+
+    def _task_failed_alone(self, h: Held, e: Exception) -> None:
+        """Dead-letter a task that fails on its own, unless this worker has failed too many different tasks in
+        a row: then the worker is what is broken (WorkerBroken; the task stays pending for a healthy one)."""
+        self._failed_alone += 1
+        if self._failed_alone >= BROKEN_AFTER:
+            raise WorkerBroken(
+                f"{self._failed_alone} different tasks failed alone in a row: {_describe(e)}"
+            ) from e
+        self._dead_letter(h.eid, h.fields, f"failed alone: {_describe(e)}", "failed")
 
     def _commit(self, done: list[Held], trajs: list[Trajectory]) -> tuple[list[Held], list[Trajectory]]:
         """ONE transaction: XADD the trajectories, XACK + XDEL the tasks, for the tasks this consumer still owns;
@@ -469,6 +488,8 @@ class RolloutWorker:
                 try:
                     self.step()
                     failures = 0
+                except WorkerBroken:
+                    raise  # exit non-zero: a supervisor (compose, Kubernetes, `searchrl up`) restarts it
                 except Exception as e:
                     failures += 1
                     # Our own pending tasks now wait to be reclaimed once idle (by us or another worker), each

@@ -361,3 +361,19 @@ def test_weights_reload_when_the_announced_version_or_the_sha_differs(make_worke
     assert foreign.is_dir()  # never another worker's
     w.close()
     assert [p for p in Path(w.weights_dir).iterdir()] == [foreign]
+
+
+def test_a_worker_that_fails_every_task_exits_instead_of_dead_lettering_the_queue(make_worker, redis_client):
+    """A worker whose engine fails on every prompt (say vLLM died) is what is broken, not the tasks: after
+    BROKEN_AFTER different tasks failed alone in a row it exits (to be restarted), leaving the rest pending."""
+    from searchrl_rollout.worker import BROKEN_AFTER, WorkerBroken
+
+    r = redis_client
+    w = make_worker(tasks_per_batch=1)
+    for i in range(BROKEN_AFTER + 2):
+        push(r, f"p{i}", question=f"POISON question {i}")
+    with pytest.raises(WorkerBroken, match=f"{BROKEN_AFTER} different tasks failed alone"):
+        w.run_forever()
+    assert len(dead_letters(r)) == BROKEN_AFTER - 1
+    assert r.xlen("prompts") == 3  # the task it broke on (still pending) and two it never took: not lost
+    assert r.xpending("prompts", "rollout")["pending"] == 1
