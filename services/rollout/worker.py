@@ -489,7 +489,7 @@ class RolloutWorker:
                     self.step()
                     failures = 0
                 except WorkerBroken:
-                    raise  # exit non-zero: a supervisor (compose, Kubernetes, `searchrl up`) restarts it
+                    raise  # exit non-zero: compose or Kubernetes restarts it (`searchrl up` reports it and stops)
                 except Exception as e:
                     failures += 1
                     # Our own pending tasks now wait to be reclaimed once idle (by us or another worker), each
