@@ -110,6 +110,10 @@ class IndexKey:
     def matches(self, meta: dict[str, object]) -> bool:
         return all(meta.get(k) == v for k, v in vars(self).items())
 
+    def digest(self) -> str:
+        """A short hash of the whole key (for cache keys and logs)."""
+        return hashlib.sha256(json.dumps(vars(self), sort_keys=True).encode()).hexdigest()[:16]
+
 
 @dataclass
 class DenseIndex:
@@ -121,6 +125,10 @@ class DenseIndex:
     @property
     def embedder_name(self) -> str:
         return self.key.embedder
+
+    @property
+    def fingerprint(self) -> str:
+        return self.key.digest()
 
     @staticmethod
     def build(passages: list[Passage], embedder: Embedder, progress: bool = True) -> DenseIndex:
