@@ -104,6 +104,82 @@ class ModelConfig(_Section):
     )
 
 
+class IndexConfig(_Section):
+    """The FAISS tier of the dense index (bench/results/retriever-index.md: recall, memory, speed per tier).
+    Build parameters are part of the index key, so changing one rebuilds; nprobe / hnsw_ef_search are applied at
+    load time."""
+
+    type: Literal["flat", "flat-fp16", "sq8", "hnsw", "ivf-flat", "ivf-pq"] = Field(
+        "flat",
+        description="flat = exact fp32 (R1-Searcher); flat-fp16 / sq8 = exact scan of 2 / 1 byte codes; hnsw = "
+        "graph; ivf-flat / ivf-pq = inverted lists (trained on a sample) with fp32 / product-quantised codes.",
+    )
+    hnsw_m: int = Field(32, ge=4, le=256, description="hnsw: links per node (build).")
+    hnsw_ef_construction: int = Field(40, ge=1, description="hnsw: candidate list while building.")
+    hnsw_ef_search: int = Field(64, ge=1, description="hnsw: candidate list while searching.")
+    nlist: int = Field(0, ge=0, description="ivf-*: lists; 0 = 4*sqrt(N), at most N/39 (build).")
+    nprobe: int = Field(16, ge=1, description="ivf-*: lists visited per query.")
+    pq_m: int = Field(0, ge=0, description="ivf-pq: sub-quantizers (bytes per code); 0 = dim/8; divides dim.")
+    pq_nbits: int = Field(8, ge=4, le=12, description="ivf-pq: bits per sub-quantizer code (build).")
+    train_size: int = Field(
+        100_000, ge=1000, description="ivf-*: vectors sampled (fixed seed) to train the quantizers (build)."
+    )
+
+
+class Bm25Config(_Section):
+    """Lexical search with bm25s (mode bm25 and hybrid); every field is part of the BM25 index key."""
+
+    k1: float = Field(1.5, gt=0)
+    b: float = Field(0.75, ge=0, le=1)
+    method: Literal["lucene", "robertson", "atire", "bm25l", "bm25+"] = "lucene"
+    stopwords: str = Field("en", description="bm25s stopword list ('en', ...) or '' for none.")
+
+
+class HybridConfig(_Section):
+    """Reciprocal-rank fusion of dense and BM25: score = sum over the two lists of 1 / (rrf_k + rank)."""
+
+    rrf_k: int = Field(60, ge=1, description="RRF constant (60 as in Cormack et al. 2009).")
+    depth: int = Field(50, ge=1, description="Candidates taken from each list before fusing (at least k).")
+
+
+class ShardConfig(_Section):
+    """This replica serves shard `index` of `count`: a contiguous slice of the corpus, indexed on its own."""
+
+    index: int = Field(0, ge=0)
+    count: int = Field(1, ge=1, description="1 = the whole corpus (no sharding).")
+
+    @model_validator(mode="after")
+    def _check(self) -> ShardConfig:
+        if self.index >= self.count:
+            raise ValueError(f"shard.index {self.index} must be below shard.count {self.count}")
+        return self
+
+
+class RouterConfig(_Section):
+    """mode router: scatter each batch to every shard, merge the top-k by score (services/retriever/router.py)."""
+
+    shards: list[str | list[str]] = Field(
+        default_factory=list,
+        description="One entry per shard: its address, or a list of replica addresses (tried in turn).",
+    )
+    deadline_s: float = Field(
+        5.0, gt=0, description="A shard that has not answered by then is left out; the answer says so."
+    )
+
+
+class WebConfig(_Section):
+    """mode web: SerpApi's Google search over HTTP (R1-Searcher evaluates Bamboogle with online search)."""
+
+    endpoint: str = Field("https://serpapi.com/search.json", description="SerpApi search endpoint.")
+    engine: str = Field("google", description="SerpApi `engine` parameter.")
+    key_env: str = Field(
+        "SERPAPI_API_KEY", description="Env var holding the API key (from a Secret in Helm)."
+    )
+    key_file: str = Field("", description="File holding the API key (a mounted Secret); wins over key_env.")
+    timeout_s: float = Field(10.0, gt=0)
+    concurrency: int = Field(8, ge=1, description="Provider requests in flight per batch.")
+
+
 class RetrieverConfig(_Section):
     port: int = 50051
     metrics_port: int = 9101
@@ -131,6 +207,24 @@ class RetrieverConfig(_Section):
     max_top_k: int = Field(50, ge=1)
     max_query_chars: int = Field(2048, ge=1)
     workers: int = Field(8, ge=1, description="gRPC server threads.")
+    mode: Literal["dense", "bm25", "hybrid", "router", "web"] = Field(
+        "dense",
+        description="What answers: the FAISS index, BM25, both fused (RRF), shard servers, or the web.",
+    )
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    bm25: Bm25Config = Field(default_factory=Bm25Config)
+    hybrid: HybridConfig = Field(default_factory=HybridConfig)
+    shard: ShardConfig = Field(default_factory=ShardConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> RetrieverConfig:
+        if self.mode == "router" and not self.router.shards:
+            raise ValueError("retriever.router.shards: mode router needs at least one shard address")
+        if self.mode in ("router", "web") and self.shard.count > 1:
+            raise ValueError(f"retriever.shard: a {self.mode} retriever holds no index to shard")
+        return self
 
 
 class RewardConfig(_Section):
@@ -291,6 +385,56 @@ class TrainerConfig(_Section):
     resume: bool = Field(True, description="Resume from the newest checkpoint in <run_dir>/checkpoints.")
     weight_chunk_bytes: int = Field(4 << 20, ge=1024)
     dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
+    # -- multi-rank learner, decoupled PPO, LoRA, weight-sync fast path (issue 11; docs/architecture.md) --
+    world_size: int = Field(
+        1,
+        ge=1,
+        description="Data-parallel learner ranks (one per GPU) over all `nodes`. The trainer service starts its "
+        "node's ranks itself; global rank 0 runs the loop and the gRPC server and sends every batch to the others.",
+    )
+    nodes: int = Field(
+        1,
+        ge=1,
+        description="Machines (pods) the ranks span, world_size / nodes ranks each; a node finds rank 0 through "
+        "MASTER_ADDR/MASTER_PORT and learns its index from SEARCHRL_NODE_RANK (Helm sets them).",
+    )
+    dist_timeout_s: float = Field(
+        1800.0,
+        gt=0.0,
+        description="How long a rank waits on a peer before it gives up and exits (rank 0 pings idle ranks every "
+        "quarter of this while it waits for groups); a dead rank takes the trainer down to resume from its checkpoint.",
+    )
+    decoupled_ppo: bool = Field(
+        False,
+        description="Decoupled PPO (AReaL) for stale samples (max_staleness > 0): clip against the learner's "
+        "recomputed log-probs (proximal), weight tokens by proximal / behaviour (vLLM's log-probs).",
+    )
+    behaviour_weight_cap: float = Field(
+        5.0,
+        gt=1.0,
+        description="Decoupled PPO: tokens whose behaviour importance weight exceeds this leave the loss.",
+    )
+    lora_rank: int = Field(
+        0,
+        ge=0,
+        description="LoRA adapters of this rank instead of full fine-tuning (0 = off); synced merged.",
+    )
+    lora_alpha: float = Field(16.0, gt=0.0, description="LoRA scaling numerator (scale = alpha / rank).")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Linear layers (by name suffix) that get adapters.",
+    )
+    weight_sync: Literal["grpc", "nccl"] = Field(
+        "grpc",
+        description="How rollout workers get new weights: 'grpc' (GetWeights stream, any hardware) or 'nccl' "
+        "(bucketed broadcast from rank 0 into the vLLM workers; CUDA GPUs only).",
+    )
+    weight_bucket_bytes: int = Field(
+        256 << 20,
+        ge=1 << 20,
+        description="NCCL weight sync: tensors are flattened into buckets of this size.",
+    )
     workers: int = Field(8, ge=1)
     max_weight_streams: int = Field(
         4,
@@ -303,6 +447,19 @@ class TrainerConfig(_Section):
     def _check(self) -> TrainerConfig:
         if not self.stages:
             raise ValueError("stages: at least one stage is required")
+        if self.world_size % self.nodes:
+            raise ValueError(
+                f"world_size: {self.world_size} ranks do not split evenly over {self.nodes} nodes"
+            )
+        if (rows := self.groups_per_step * self.group_size) % self.world_size:
+            raise ValueError(
+                f"world_size: {rows} rows per step (groups_per_step x group_size) do not split evenly over "
+                f"{self.world_size} ranks"
+            )
+        if self.decoupled_ppo and self.tis_cap > 0:
+            raise ValueError("tis_cap: set it to 0 with decoupled_ppo (its behaviour weights replace it)")
+        if self.lora_rank and self.train_layers:
+            raise ValueError("train_layers: must be 0 with lora_rank (LoRA already freezes the base model)")
         return self
 
 

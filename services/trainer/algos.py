@@ -190,6 +190,40 @@ def policy_loss(
     return loss, stats
 
 
+def decoupled_behaviour_weights(
+    logp_proximal: torch.Tensor, logp_behaviour: torch.Tensor, cap: float
+) -> torch.Tensor:
+    """Decoupled PPO's behaviour importance weights pi_proximal / pi_behaviour per token, detached; a token
+    whose weight exceeds `cap` (or is not finite) gets 0: it is filtered out, not truncated (AReaL's
+    behav_imp_weight_cap), so very stale tokens do not steer the update at all."""
+    log_ratio = (logp_proximal - logp_behaviour).detach().float()
+    w = torch.exp(log_ratio.clamp(max=_LOG_RATIO_CLAMP))
+    keep = torch.isfinite(w) & (w <= cap)
+    return torch.where(keep, w, torch.zeros((), dtype=w.dtype, device=w.device))
+
+
+def decoupled_policy_loss(
+    logp: torch.Tensor,
+    logp_proximal: torch.Tensor,
+    logp_behaviour: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float,
+    behaviour_cap: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Decoupled PPO (AReaL): the clipped surrogate on ratio pi / pi_proximal, each token weighted by
+    `decoupled_behaviour_weights(proximal, behaviour, behaviour_cap)`; token-mean over ALL mask == 1 tokens
+    (a filtered token stays in the denominator, as in AReaL). The proximal policy is the learner's recomputed
+    log-probs of the pre-update weights, the behaviour policy the rollout engine's (possibly stale) log-probs.
+    Extra stats: behaviour_weight_mean over the kept tokens, behaviour_dropped_frac of the mask == 1 tokens."""
+    w = decoupled_behaviour_weights(logp_proximal, logp_behaviour, behaviour_cap)
+    loss, stats = policy_loss(logp, logp_proximal, advantages, mask, clip_eps, tis_weights=w)
+    kept = (w > 0).float() * (mask != 0)
+    stats["behaviour_weight_mean"] = masked_mean(w, kept).item()
+    stats["behaviour_dropped_frac"] = masked_mean(1.0 - kept, mask).item()
+    return loss, stats
+
+
 def _rowwise(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> torch.Tensor:
     """Apply fn to one batch row at a time so float32 temporaries are [T, V], not [B, T, V]."""
     return torch.stack([fn(*row) for row in zip(*tensors, strict=True)])
@@ -234,8 +268,13 @@ def compute_loss(
     entropy: torch.Tensor | None = None,
     entropy_coef: float = 0.0,
     tis_weights: torch.Tensor | None = None,
+    logp_behaviour: torch.Tensor | None = None,
+    behaviour_cap: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss for one batch: PPO surrogate + KL loss term (grpo only) - entropy bonus.
+
+    With `logp_behaviour` the surrogate is decoupled PPO (`decoupled_policy_loss`, `logp_old` as the proximal
+    policy) instead of plain PPO-clip.
 
     grpo (ReSearch): adds kl_coef * masked_mean(k3(logp, ref_logp)) when kl_coef > 0 and ref_logp is given.
     reinforce_pp (R1-Searcher): the KL is already inside the advantages as a per-token reward, so no loss
@@ -243,7 +282,12 @@ def compute_loss(
     """
     if algo not in ("reinforce_pp", "grpo"):
         raise ValueError(f"unknown algo {algo!r}; expected 'reinforce_pp' or 'grpo'")
-    loss, stats = policy_loss(logp, logp_old, advantages, mask, clip_eps, tis_weights)
+    if logp_behaviour is not None:
+        loss, stats = decoupled_policy_loss(
+            logp, logp_old, logp_behaviour, advantages, mask, clip_eps, behaviour_cap
+        )
+    else:
+        loss, stats = policy_loss(logp, logp_old, advantages, mask, clip_eps, tis_weights)
     if ref_logp is not None:
         ref_logp = ref_logp.detach()
         if algo == "grpo" and kl_coef > 0:

@@ -283,6 +283,8 @@ class Learner:
                 entropy=ent,
                 entropy_coef=cfg.entropy_coef,
                 tis_weights=tis,
+                logp_behaviour=mb_behaviour if cfg.decoupled_ppo else None,
+                behaviour_cap=cfg.behaviour_weight_cap,
             )
             stats["logprob_mismatch"] = algos.masked_mean((logp_old - mb_behaviour).abs(), mb_mask).item()
             # token-mean over the whole batch: weight each micro-batch by its token share (DeepSpeed divides
