@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from searchrl.config import Config
-from searchrl.redisio import connect
 
 
 def _meta(fields: dict[bytes, bytes]) -> dict:
@@ -81,11 +82,14 @@ class StreamTap(threading.Thread):
 
     def run(self) -> None:
         last = {self.prompts: "0-0", self.trajectories: "0-0"}
-        r = connect(self.url)
+        # No client-side retry with backoff (`searchrl.redisio.connect` waits up to 10 s between tries): after a
+        # Redis restart the tap must be back within 0.2 s, before the trainer can checkpoint and XDEL entries
+        # written meanwhile, or it would miss them and count their groups as lost.
+        r = redis.Redis.from_url(self.url, retry=Retry(NoBackoff(), 0), socket_timeout=5.0)
         while not self._done.is_set():
             try:
                 resp = r.xread(last, count=1000, block=200)
-            except redis.ConnectionError:
+            except (redis.ConnectionError, redis.TimeoutError):
                 self._done.wait(0.2)
                 continue
             for stream, entries in resp or []:
