@@ -5,7 +5,7 @@
   searchrl retriever build-index -c CONFIG [--force]
   searchrl demo [-c configs/demo-cpu.yaml] [--steps N] [--minutes M]
   searchrl eval -c CONFIG --data FILE [--model PATH] [--mode M ...] [--limit N] [--out DIR]
-  searchrl reward score --preset {r1s-stage1,r1s-stage2} < in.jsonl > out.jsonl
+  searchrl reward score --preset P [-c CONFIG] [--set reward.r1s_...] < in.jsonl > out.jsonl   (docs/rewards.md)
   searchrl audit --run-dir D [--json]       (every prompt task accounted for; exit 1 on a double or a loss)
   searchrl cluster {status,scale COMPONENT=N,wait-index} ...   (a Helm release; searchrl/cluster.py)
 Config problems exit with status 2 and a message naming the key and the file.
@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_ret = sub.add_parser("retriever", help="retriever tools")
     ret_sub = p_ret.add_subparsers(dest="action", required=True)
-    p_build = ret_sub.add_parser("build-index", help="embed the corpus and save the FAISS index")
+    p_build = ret_sub.add_parser(
+        "build-index", help="build the index retriever.mode reads (FAISS tier, BM25, this replica's shard)"
+    )
     _config_args(p_build)
     p_build.add_argument("--force", action="store_true", help="rebuild even if a current index exists")
 
@@ -86,7 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_rew = sub.add_parser("reward", help="reward tools")
     rew_sub = p_rew.add_subparsers(dest="action", required=True)
     p_score = rew_sub.add_parser("score", help="score JSONL from stdin, write JSONL to stdout")
-    p_score.add_argument("--preset", required=True, help="r1s-stage1 | r1s-stage2")
+    p_score.add_argument(
+        "--preset",
+        required=True,
+        help="r1s-stage1 | r1s-stage2 | research | search-r1-em | search-r1-format (docs/rewards.md)",
+    )
+    _config_args(p_score)  # the reward.r1s_* switches
 
     p_audit = sub.add_parser(
         "audit", help="account for every prompt task of a run (exit 1 on a double or loss)"
@@ -119,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "reward":
             from searchrl_reward.cli import score_stream
 
-            score_stream(args.preset)
+            score_stream(args.preset, load_config(args.config, args.overrides).reward)
             return 0
         if args.command == "audit":
             from searchrl.audit import main as audit_main
@@ -155,10 +162,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_eval(cfg, args.model, args.data, args.mode, args.limit, args.out)
         if args.command == "retriever":
-            from searchrl_retriever.service import build_index
+            from searchrl_retriever.backend import build_indexes
 
-            index, _ = build_index(cfg, force=args.force, progress=True)
-            print(f"indexed {len(index.passages)} passages (dim {index.index.d})")
+            print(build_indexes(cfg, force=args.force, progress=True))
             return 0
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)

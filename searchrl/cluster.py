@@ -20,7 +20,6 @@ import json
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 CHART = "searchrl"
@@ -173,17 +172,15 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 
 def cmd_wait_index(args: argparse.Namespace) -> int:
-    """Block until the retriever's index dir holds an index of exactly this corpus, embedder and passage prefix
-    (the retriever's own staleness rule, `IndexKey`)."""
+    """Block until the retriever's index dir holds an index of exactly this corpus (this replica's shard),
+    embedder, passage prefix and FAISS tier (the retriever's own staleness rule, `IndexKey`)."""
     from searchrl.config import load_config
-    from searchrl_retriever.corpus import load_corpus
-    from searchrl_retriever.index import META_FILE, DenseIndex, IndexKey, corpus_fingerprint
-    from searchrl_retriever.service import index_dir
+    from searchrl_retriever.backend import dense_key, index_dir, load_passages
+    from searchrl_retriever.index import META_FILE, DenseIndex
 
     cfg = load_config(args.config)
-    rc = cfg.retriever
-    want = IndexKey(rc.embedder, rc.passage_prefix, corpus_fingerprint(load_corpus(rc.corpus)))
-    directory = Path(index_dir(cfg))
+    want = dense_key(cfg, load_passages(cfg))
+    directory = index_dir(cfg)
     deadline = time.monotonic() + args.timeout
     while True:
         if DenseIndex.is_current(directory, want):

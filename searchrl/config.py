@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from searchrl.protocol import Budgets, get_protocol
 
 _URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s/]+@", re.IGNORECASE)
 # A key that is, or ends in, token/password/secret (not token_file, not segment_tokens), then = or :, then the value.
@@ -180,6 +183,37 @@ class WebConfig(_Section):
     concurrency: int = Field(8, ge=1, description="Provider requests in flight per batch.")
 
 
+class BatchingConfig(_Section):
+    """Dynamic batching of concurrent searches (gRPC and HTTP alike) into one back-end call."""
+
+    max_queries: int = Field(
+        256,
+        ge=1,
+        description="A batch closes once its requests hold this many queries (a bigger request is "
+        "a batch of its own).",
+    )
+    max_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        description="Longest a request waits for others to join its batch; 0 = take what is queued.",
+    )
+    threads: int = Field(
+        1,
+        ge=1,
+        description="Batches in flight at once (one thread each); torch already spreads one batch "
+        "over the cores (bench/retriever_throughput.py measures 1 vs 2).",
+    )
+
+
+class QueryCacheConfig(_Section):
+    """Answers cached per (query, k, back-end fingerprint): in-process LRU, optionally shared in Redis."""
+
+    entries: int = Field(0, ge=0, description="In-process LRU size in queries; 0 = no in-process cache.")
+    redis_ttl_s: int = Field(
+        0, ge=0, description="Share answers in Redis (addresses.redis_url) for this many seconds; 0 = no."
+    )
+
+
 class RetrieverConfig(_Section):
     port: int = 50051
     metrics_port: int = 9101
@@ -206,7 +240,21 @@ class RetrieverConfig(_Section):
     max_batch: int = Field(512, ge=1, description="Most queries in one Search request.")
     max_top_k: int = Field(50, ge=1)
     max_query_chars: int = Field(2048, ge=1)
-    workers: int = Field(8, ge=1, description="gRPC server threads.")
+    workers: int = Field(
+        64,
+        ge=1,
+        description="gRPC server threads; each waiting request holds one, so this bounds how many "
+        "requests one batch can coalesce.",
+    )
+    http_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="The seeds' HTTP APIs (R1-Searcher /queries, Search-R1 /retrieve, "
+        "ReSearch /batch_search, /health) on this port, through the same batcher; 0 = off.",
+    )
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    cache: QueryCacheConfig = Field(default_factory=QueryCacheConfig)
     mode: Literal["dense", "bm25", "hybrid", "router", "web"] = Field(
         "dense",
         description="What answers: the FAISS index, BM25, both fused (RRF), shard servers, or the web.",
@@ -245,6 +293,21 @@ class RewardConfig(_Section):
     max_golden_answer_chars: int = Field(2048, ge=1, description="Longest golden answer, in chars.")
     max_question_chars: int = Field(16_384, ge=1, description="Longest question, in chars.")
     workers: int = Field(8, ge=1)
+    r1s_bool_mapping: Literal["seed", "normalized"] = Field(
+        "seed",
+        description="R1-Searcher presets: 'seed' maps only the raw answers 'True'/'False' to yes/no, as the seed "
+        "did; 'normalized' maps any normalised 'true'/'false' ('FALSE', 'true.').",
+    )
+    r1s_stage2_checks: Literal["llama", "qwen"] = Field(
+        "llama",
+        description="r1s-stage2 format checks: 'llama' = the seed's Llama stage-2 server (the instruct run); "
+        "'qwen' adds its Qwen-base checks: protocol tags inside the answer, answer longer than 10 words.",
+    )
+    r1s_format_penalty: float = Field(
+        -1.0,
+        le=0.0,
+        description="Added to the F1 of a faulty r1s-stage2 response (Llama code -1, paper/Qwen code -2).",
+    )
 
 
 class ExampleConfig(_Section):
@@ -268,22 +331,60 @@ class RolloutConfig(_Section):
         description="Plain-text port serving only grpc.health.v1 from its own threads, for probes that must not "
         "wait behind long RPCs; 0 = none (Helm and compose set one; `searchrl up` picks a free one).",
     )
-    protocol: Literal["r1searcher"] = "r1searcher"
+    protocol: Literal["r1searcher", "research", "search-r1"] = Field(
+        "r1searcher",
+        description="Search protocol preset (searchrl/protocol.py): tags, templates, documents, turn rules. The "
+        "budget fields below left unset (null) take the protocol's values.",
+    )
     system_prompt: str = Field("", description="Overrides the protocol's instructions when non-empty.")
     examples: list[ExampleConfig] = Field(
         default_factory=list,
         description="Few-shot examples before every question (rollouts and search-agent eval); they are part "
         "of the prompt, so never trained on.",
     )
-    top_k: int = Field(3, ge=1, description="Passages per query (R1-Searcher: 3).")
-    max_searches: int = Field(8, ge=0, description="Retrievals per rollout (R1-Searcher: 8).")
-    segment_tokens: int = Field(
-        512, ge=1, description="New tokens per generation segment (R1-Searcher: 512)."
+    top_k: int | None = Field(
+        None,
+        ge=1,
+        description="Passages per query; null = the protocol's (R1-Searcher 3, ReSearch 5, Search-R1 3).",
     )
-    max_response_tokens: int = Field(2048, ge=1, description="Budget of the whole response incl. documents.")
+    max_searches: int | None = Field(
+        None,
+        ge=0,
+        description="Retrievals per rollout; null = the protocol's (R1-Searcher 8; ReSearch and Search-R1: no "
+        "limit but the budget and turns).",
+    )
+    segment_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="New tokens per generation segment; null = the protocol's (R1-Searcher 512, ReSearch 8192 = "
+        "the whole budget, Search-R1 500 per turn).",
+    )
+    max_response_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Budget of the whole response incl. inserted text; null = the protocol's (R1-Searcher 2048, "
+        "ReSearch 8192, Search-R1 4500 = 5 turns + 4 observations of 500).",
+    )
+    max_turns: int | None = Field(
+        None,
+        ge=0,
+        description="Search-R1: turns with search allowed, then one final generation without; null = the "
+        "protocol's (Search-R1 4; none for the others).",
+    )
+    max_obs_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Inserted observations (documents, corrective message) cut to this many tokens; null = the "
+        "protocol's (Search-R1 500; none for the others).",
+    )
     max_prompt_tokens: int = Field(512, ge=1)
     temperature: float = Field(1.0, ge=0.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_p: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="null = the protocol's (R1-Searcher 0.95, ReSearch and Search-R1 1.0).",
+    )
     tasks_per_batch: int = Field(4, ge=1, description="Prompt tasks taken from Redis per generation batch.")
     dtype: Literal["bfloat16", "float32", "float16", "auto"] = "bfloat16"
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
@@ -305,13 +406,27 @@ class RolloutConfig(_Section):
     poll_interval_s: float = Field(0.5, gt=0.0, description="How often an idle worker checks Redis.")
     workers: int = Field(4, ge=1)
 
+    def budgets(self) -> Budgets:
+        """The protocol's budgets with every field set here (not null) put in its place."""
+        base = get_protocol(self.protocol).defaults
+        return replace(
+            base, **{f.name: v for f in fields(Budgets) if (v := getattr(self, f.name)) is not None}
+        )
+
+
+# The reward service's presets (searchrl_reward.rules.PRESETS; a unit test keeps the two in step).
+RewardPreset = Literal["r1s-stage1", "r1s-stage2", "research", "search-r1-em", "search-r1-format"]
+
 
 class StageConfig(_Section):
     name: str = "stage1"
     data: str = Field(
         "data/tiny/train.jsonl", description="R1-Searcher JSONL (question/answer) or Search-R1 JSONL."
     )
-    reward_preset: Literal["r1s-stage1", "r1s-stage2"] = "r1s-stage1"
+    reward_preset: RewardPreset = Field(
+        "r1s-stage1",
+        description="Reward rules of this stage (searchrl_reward.rules.PRESETS, docs/rewards.md).",
+    )
     steps: int = Field(0, ge=0, description="Training steps in this stage; 0 = until the run ends.")
 
 
@@ -325,7 +440,11 @@ class TrainerConfig(_Section):
         description="Plain-text port serving only grpc.health.v1 from its own threads, for probes that must not "
         "wait behind long RPCs; 0 = none (Helm and compose set one; `searchrl up` picks a free one).",
     )
-    algo: Literal["reinforce_pp", "grpo"] = "reinforce_pp"
+    algo: Literal["reinforce_pp", "grpo", "rloo"] = Field(
+        "reinforce_pp",
+        description="Advantage estimator: reinforce_pp (R1-Searcher), grpo (ReSearch), rloo (leave-one-out "
+        "baseline per group); grpo and rloo take the KL as a k3 loss term.",
+    )
     group_size: int = Field(16, ge=1, description="Samples per prompt (R1-Searcher: 16, ReSearch: 5).")
     groups_per_step: int = Field(8, ge=1)
     lr: float = Field(2e-6, gt=0.0)
@@ -524,11 +643,14 @@ class Config(_Section):
         key to change, so `load_config` names it with the file. Most would otherwise become runtime stalls."""
         from searchrl.grpcutil import MAX_MESSAGE_BYTES  # lazily: grpcutil may import this module
 
-        ro, tr = self.rollout, self.trainer
+        ro, tr, budgets = self.rollout, self.trainer, self.rollout.budgets()
         errors: list[tuple[tuple[str | int, ...], str]] = []
-        if ro.top_k > self.retriever.max_top_k:
+        if budgets.top_k > self.retriever.max_top_k:
             errors.append(
-                (("rollout", "top_k"), f"{ro.top_k} exceeds retriever.max_top_k ({self.retriever.max_top_k})")
+                (
+                    ("rollout", "top_k"),
+                    f"{budgets.top_k} exceeds retriever.max_top_k ({self.retriever.max_top_k})",
+                )
             )
         if (n := ro.tasks_per_batch * tr.group_size) > self.reward.max_batch:
             errors.append(
@@ -538,11 +660,11 @@ class Config(_Section):
                     f"reward.max_batch ({self.reward.max_batch})",
                 )
             )
-        if (n := ro.max_prompt_tokens + ro.max_response_tokens) > ro.max_model_len:
+        if (n := ro.max_prompt_tokens + budgets.max_response_tokens) > ro.max_model_len:
             errors.append(
                 (
                     ("rollout", "max_prompt_tokens"),
-                    f"{ro.max_prompt_tokens} + rollout.max_response_tokens ({ro.max_response_tokens}) make "
+                    f"{ro.max_prompt_tokens} + rollout.max_response_tokens ({budgets.max_response_tokens}) make "
                     f"{n}, more than rollout.max_model_len ({ro.max_model_len})",
                 )
             )

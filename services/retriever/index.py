@@ -4,14 +4,16 @@ Contract:
 - `Embedder.encode(texts)` returns L2-normalised float32 [N, D] (inner product = cosine).
 - `DenseIndex.build(passages, embedder)` embeds the corpus with a progress bar; `save(dir)` / `load(dir)` persist
   the FAISS index, the passages and a meta.json recording its `IndexKey`: the embedder, the passage prefix and
-  a fingerprint of the passages (ids, titles, texts, order), i.e. everything the stored vectors depend on.
-  `is_current(dir, key)` is True only when the saved index has exactly that key. The query instruction is not
+  a fingerprint of the passages (ids, titles, texts, order), the FAISS tier and its build parameters
+  (tiers.py), i.e. everything the stored index depends on. `is_current(dir, key)` is True only when the saved
+  index has exactly that key; a meta.json from before tiers existed describes a flat index. The query instruction is not
   part of it: it is applied to queries at search time and never changes the stored vectors.
 - `save` is atomic: the files are written and fsynced in a temp dir inside `dir`, the old meta.json is removed,
   the data files are renamed into place and meta.json comes last. A crash at any point leaves either the old
   index with its meta or no meta (not current: rebuilt), never a meta next to files it does not describe.
 - `DenseIndex.search(query_vectors, k)` returns per query a list of (passage, score), best first.
-- GPU placement (faiss-gpu, `index_cpu_to_all_gpus`) happens when FAISS sees GPUs and device is auto/cuda.
+- GPU placement (faiss-gpu, `index_cpu_to_all_gpus`, fp16, sharded over the GPUs) happens when FAISS sees GPUs,
+  device is auto/cuda and the tier has a GPU form (tiers.GPU_TIERS).
 This module does no networking.
 """
 
@@ -23,14 +25,17 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import faiss
 import numpy as np
 from tqdm import tqdm
 
+from searchrl.config import IndexConfig
 from searchrl_retriever.corpus import Passage
+from searchrl_retriever.tiers import GPU_TIERS, build_params, make_index, search_params, set_search_params
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +107,21 @@ class IndexKey:
     embedder: str  # retriever.embedder as configured (builtin name or folder)
     passage_prefix: str
     fingerprint: str  # corpus_fingerprint of the passages
+    index_type: str = "flat"  # retriever.index.type
+    index_params: str = ""  # tiers.build_params
 
     @staticmethod
-    def of(embedder: Embedder, passages: list[Passage]) -> IndexKey:
-        return IndexKey(embedder.name, embedder.passage_prefix, corpus_fingerprint(passages))
+    def of(embedder: Embedder, passages: list[Passage], ic: IndexConfig | None = None) -> IndexKey:
+        fp = corpus_fingerprint(passages)
+        return IndexKey.of_parts(embedder.name, embedder.passage_prefix, fp, ic or IndexConfig())
+
+    @staticmethod
+    def of_parts(embedder: str, passage_prefix: str, fingerprint: str, ic: IndexConfig) -> IndexKey:
+        return IndexKey(embedder, passage_prefix, fingerprint, ic.type, build_params(ic))
 
     def matches(self, meta: dict[str, object]) -> bool:
-        return all(meta.get(k) == v for k, v in vars(self).items())
+        # Fields with a default may be missing from an older meta.json: that index was built with the default.
+        return all(meta.get(f.name, f.default) == getattr(self, f.name) for f in fields(self))
 
     def digest(self) -> str:
         """A short hash of the whole key (for cache keys and logs)."""
@@ -121,6 +134,7 @@ class DenseIndex:
     passages: list[Passage]
     key: IndexKey
     device: str = "cpu"
+    search_params: str = ""  # tiers.search_params in force (they change answers, not the stored index)
 
     @property
     def embedder_name(self) -> str:
@@ -128,40 +142,40 @@ class DenseIndex:
 
     @property
     def fingerprint(self) -> str:
-        return self.key.digest()
+        """Changes whenever the same query vector could get other hits (key or search parameters)."""
+        return hashlib.sha256(f"{self.key.digest()}\0{self.search_params}".encode()).hexdigest()[:16]
 
     @staticmethod
-    def build(passages: list[Passage], embedder: Embedder, progress: bool = True) -> DenseIndex:
+    def build(
+        passages: list[Passage],
+        embedder: Embedder,
+        progress: bool = True,
+        ic: IndexConfig | None = None,
+    ) -> DenseIndex:
+        ic = ic or IndexConfig()
         vecs = embedder.encode_passages(passages, progress=progress)
-        index = faiss.IndexFlatIP(embedder.dim)
-        index.add(vecs)
-        return DenseIndex(index, passages, IndexKey.of(embedder, passages))
+        index = make_index(vecs, ic)
+        return DenseIndex(index, passages, IndexKey.of(embedder, passages, ic))
+
+    def configure(self, ic: IndexConfig) -> DenseIndex:
+        """Apply the search-time parameters of `ic` (nprobe, efSearch) to this CPU index."""
+        set_search_params(self.index, ic)
+        self.search_params = search_params(ic)
+        return self
 
     def save(self, directory: str | Path) -> None:
         """Write the index into `directory` atomically (see the module docstring)."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".saving-", dir=d))
-        try:
+
+        def write(tmp: Path) -> None:
             cpu_index = faiss.index_gpu_to_cpu(self.index) if self.device == "cuda" else self.index
             faiss.write_index(cpu_index, str(tmp / INDEX_FILE))
             with (tmp / PASSAGES_FILE).open("w") as f:
                 for p in self.passages:
                     f.write(json.dumps({"id": p.id, "title": p.title, "text": p.text}) + "\n")
-            meta = {**vars(self.key), "num_passages": len(self.passages), "dim": self.index.d}
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-            for name in (INDEX_FILE, PASSAGES_FILE, META_FILE):
-                _fsync(tmp / name)
-            # From the removal of the old meta until the new one lands, the directory holds no current index.
-            (d / META_FILE).unlink(missing_ok=True)
-            _fsync(d)
-            for name in (INDEX_FILE, PASSAGES_FILE):
-                os.replace(tmp / name, d / name)
-            _fsync(d)
-            os.replace(tmp / META_FILE, d / META_FILE)
-            _fsync(d)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+        save_atomically(
+            directory, write, {**vars(self.key), "num_passages": len(self.passages), "dim": self.index.d}
+        )
 
     @staticmethod
     def load(directory: str | Path) -> DenseIndex:
@@ -174,7 +188,7 @@ class DenseIndex:
         passages = load_corpus(d / PASSAGES_FILE)
         if index.ntotal != len(passages):
             raise ValueError(f"{d}: index has {index.ntotal} vectors but {len(passages)} passages")
-        key = IndexKey(meta["embedder"], meta["passage_prefix"], meta["fingerprint"])
+        key = IndexKey(**{f.name: meta[f.name] for f in fields(IndexKey) if f.name in meta})
         if corpus_fingerprint(passages) != key.fingerprint:
             raise ValueError(f"{d}: {PASSAGES_FILE} does not match {META_FILE} (rebuild with --force)")
         return DenseIndex(index, passages, key)
@@ -192,7 +206,9 @@ class DenseIndex:
             raise RuntimeError(
                 "retriever.device: cuda requested but FAISS sees no GPU (install faiss-gpu-cu12)"
             )
-        if ngpu > 0 and device in ("auto", "cuda"):
+        if ngpu > 0 and device in ("auto", "cuda") and self.key.index_type not in GPU_TIERS:
+            log.info("FAISS tier %s has no GPU form; the index stays on the CPU", self.key.index_type)
+        elif ngpu > 0 and device in ("auto", "cuda"):
             co = faiss.GpuMultipleClonerOptions()
             co.useFloat16 = True
             co.shard = True
@@ -208,6 +224,30 @@ class DenseIndex:
             [(self.passages[i], float(s)) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
             for row_ids, row_scores in zip(ids, scores, strict=True)
         ]
+
+
+def save_atomically(directory: str | Path, write: Callable[[Path], None], meta: dict[str, object]) -> None:
+    """`write(tmp)` puts the data files into a temp dir inside `directory`; they are fsynced and renamed into
+    place after the old meta.json is removed, and `meta` lands as meta.json last (see the module docstring)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".saving-", dir=d))
+    try:
+        write(tmp)
+        names = sorted(p.name for p in tmp.iterdir())
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+        for name in [*names, META_FILE]:
+            _fsync(tmp / name)
+        # From the removal of the old meta until the new one lands, the directory holds no current index.
+        (d / META_FILE).unlink(missing_ok=True)
+        _fsync(d)
+        for name in names:
+            os.replace(tmp / name, d / name)
+        _fsync(d)
+        os.replace(tmp / META_FILE, d / META_FILE)
+        _fsync(d)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _fsync(path: Path) -> None:

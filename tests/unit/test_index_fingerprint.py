@@ -13,9 +13,9 @@ import faiss
 import numpy as np
 import pytest
 
+from searchrl_retriever.backend import index_dir
 from searchrl_retriever.corpus import Passage
 from searchrl_retriever.index import META_FILE, PASSAGES_FILE, DenseIndex, IndexKey, corpus_fingerprint
-from searchrl_retriever.service import index_dir
 
 PASSAGES = [Passage("p0", "Orlen Vask", "An inventor."), Passage("p1", "Saldane Press", "A press.")]
 
@@ -112,13 +112,13 @@ def test_a_save_that_dies_half_way_leaves_old_or_no_index(
 
 
 def test_build_index_rebuilds_when_the_passage_prefix_changes(tiny_config) -> None:
-    from searchrl_retriever.service import build_index
+    from searchrl_retriever.backend import build_dense
 
-    first, embedder = build_index(tiny_config, progress=False)
-    again, _ = build_index(tiny_config, embedder, progress=False)
+    first, embedder = build_dense(tiny_config, progress=False)
+    again, _ = build_dense(tiny_config, embedder, progress=False)
     np.testing.assert_array_equal(again.index.reconstruct(0), first.index.reconstruct(0))
     embedder.passage_prefix = "passage: "
-    rebuilt, _ = build_index(tiny_config, embedder, progress=False)
+    rebuilt, _ = build_dense(tiny_config, embedder, progress=False)
     assert rebuilt.key.passage_prefix == "passage: "
     assert not np.array_equal(rebuilt.index.reconstruct(0), first.index.reconstruct(0))
     assert DenseIndex.load(index_dir(tiny_config)).key == rebuilt.key
@@ -131,6 +131,8 @@ def test_meta_records_what_the_vectors_depend_on(tmp_path: Path) -> None:
         "embedder": "builtin:all-minilm-l6-v2",
         "passage_prefix": "passage: ",
         "fingerprint": corpus_fingerprint(PASSAGES),
+        "index_type": "flat",
+        "index_params": "",
         "num_passages": 2,
         "dim": 8,
     }
