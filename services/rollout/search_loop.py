@@ -1,16 +1,25 @@
-"""The search loop (R1-Searcher): generate until the query-closing tag, search, insert documents, continue.
+"""The search loop: generate a segment, decide what follows it (search, insert, end), repeat, for a batch.
 
 Contract of `run_search_loop(engine, search, tokenize, protocol, samples, limits)`:
-- every round generates one segment for all active samples in ONE engine call, then answers the pending queries
-  of the round with `search(queries, top_k)` calls of at most `max_search_batch` queries each, every query cut to
+- every round generates one segment for all active samples in ONE engine call (each at most `segment_tokens`
+  and the budget left), stopping at the protocol's stop strings; then answers the pending queries of the round
+  with `search(queries, top_k)` calls of at most `max_search_batch` queries each, every query cut to
   `max_query_chars` (the retriever's limits: a longer query or batch would fail the whole call);
+- what follows a segment is `after_segment`, a pure function of the protocol, the segment and the sample's
+  counts (see `searchrl/protocol.py` for the two kinds of turn rules):
+  - "query" protocols: a segment that stopped at the query-closing tag is searched, unless the query is empty
+    (R1-Searcher: the rollout ends; ReSearch: an empty documents block, no retriever call) or `max_searches`
+    retrievals were made (the rollout ends); a segment ending on EOS or by length ends the rollout;
+  - "turn" protocols (Search-R1): an answer ends the rollout; a search is run; a segment with no action gets the
+    protocol's corrective message (its EOS token is dropped first: the seed decodes segments without special
+    tokens); the generation after `max_turns` turns is the last, its action is not run;
 - a search call that raises costs only its own samples: they get an empty documents block and count the failure
   (`Sample.search_failures`, `LoopTimings.search_errors`); the loop goes on;
-- a sample ends on EOS, on a segment that hits `segment_tokens` without a query, on an empty query, at
-  `max_searches` retrievals (a further query ends the rollout), or when the response budget is spent;
-- per sample it records the response token ids, a loss mask that is 0 exactly on inserted document tokens (the
-  model's own query-closing tag stays 1), the behaviour log-probs of sampled tokens (0 under mask 0), and the
-  number of searches. Inserted documents are cut to the remaining budget.
+- a sample also ends when the response budget is spent. Inserted text (documents, corrective messages) is cut to
+  `max_obs_tokens` when set, then to the budget left;
+- per sample it records the response token ids, a loss mask that is 0 exactly on the tokens the loop inserted
+  (the model's own tags, the query-closing tag included, stay 1), the behaviour log-probs of sampled tokens (0
+  under mask 0), the number of searches and of generation turns.
 This module does no I/O of its own: the engine, the search function and the tokenizer are passed in.
 """
 
@@ -18,40 +27,46 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from searchrl.config import RetrieverConfig, RolloutConfig
-from searchrl.protocol import Example, Protocol
-from searchrl_rollout.engine import Engine, GenParams
+from searchrl.protocol import Budgets, Document, Example, Protocol
+from searchrl_rollout.engine import Engine, GenOut, GenParams
 
-SearchFn = Callable[[list[str], int], list[list[str]]]
+SearchFn = Callable[[list[str], int], list[list[Document]]]
 TokenizeFn = Callable[[str], list[int]]
 
 
 @dataclass(frozen=True)
 class LoopLimits:
     top_k: int = 3
-    max_searches: int = 8
+    max_searches: int | None = 8  # None: no limit
     segment_tokens: int = 512
     max_response_tokens: int = 2048
     temperature: float = 1.0
     top_p: float = 0.95
     max_query_chars: int = 2048
     max_search_batch: int = 512
+    max_turns: int | None = None  # "turn" protocols: turns with search before the final one
+    max_obs_tokens: int | None = None  # inserted text cut to this many tokens
+
+    @staticmethod
+    def from_budgets(budgets: Budgets, **overrides: object) -> LoopLimits:
+        """A protocol's budgets as limits, with `overrides` (any field) put in place."""
+        return replace(
+            LoopLimits(**{f: getattr(budgets, f) for f in Budgets.__dataclass_fields__}), **overrides
+        )
 
     @staticmethod
     def from_config(rc: RolloutConfig, retriever: RetrieverConfig | None = None) -> LoopLimits:
-        """The rollout's limits; the query limits are `retriever`'s (the defaults' when None)."""
+        """The rollout's limits (config over the protocol's budgets); the query limits are `retriever`'s (the
+        defaults' when None)."""
         ret = retriever or RetrieverConfig()
-        return LoopLimits(
-            rc.top_k,
-            rc.max_searches,
-            rc.segment_tokens,
-            rc.max_response_tokens,
-            rc.temperature,
-            rc.top_p,
-            ret.max_query_chars,
-            ret.max_batch,
+        return LoopLimits.from_budgets(
+            rc.budgets(),
+            temperature=rc.temperature,
+            max_query_chars=ret.max_query_chars,
+            max_search_batch=ret.max_batch,
         )
 
 
@@ -64,6 +79,7 @@ class Sample:
     logprobs: list[float] = field(default_factory=list)
     num_searches: int = 0
     search_failures: int = 0
+    turns: int = 0  # generation segments so far
     finish_reason: str = ""
     queries: list[str] = field(default_factory=list)
 
@@ -81,10 +97,56 @@ class LoopTimings:
     search_errors: list[Exception] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Next:
+    """What follows a segment: search `query`, or insert `insert` (masked) and go on, or end with `end`."""
+
+    query: str | None = None
+    insert: str = ""
+    end: str = ""
+    drop_stop_token: bool = False  # drop the segment's last token (its EOS) before going on
+
+
+def after_segment(protocol: Protocol, out: GenOut, turns: int, searches: int, limits: LoopLimits) -> Next:
+    """The decision after the segment `out`, the sample's `turns`-th, with `searches` retrievals made so far."""
+    if protocol.actions == "turn":
+        action = protocol.parse_action(out.text)
+        if action is not None and action[0] == "answer":
+            return Next(end="answer")
+        if limits.max_turns is not None and turns > limits.max_turns:
+            return Next(end="max_turns")  # Search-R1: the final generation runs with search disabled
+        if action is None:
+            return Next(insert=protocol.invalid_action, drop_stop_token=_ended_on_eos(out))
+        query = action[1]
+    elif out.stop_string == protocol.query_close:
+        query = protocol.extract_query(out.text) or ""
+        if not query and protocol.empty_query_ends:
+            return Next(end="empty_query")
+    else:
+        return Next(end="length" if out.finish_reason == "length" else "eos")
+    if limits.max_searches is not None and searches >= limits.max_searches:
+        return Next(end="max_searches")
+    return Next(query=query)
+
+
+def _ended_on_eos(out: GenOut) -> bool:
+    return out.finish_reason == "stop" and out.stop_string is None and bool(out.token_ids)
+
+
 def _append(sample: Sample, ids: list[int], mask: int, logprobs: list[float] | None = None) -> None:
     sample.response_ids.extend(ids)
     sample.loss_mask.extend([mask] * len(ids))
     sample.logprobs.extend(logprobs if logprobs is not None else [0.0] * len(ids))
+
+
+def _insert(sample: Sample, ids: list[int], limits: LoopLimits) -> None:
+    """Inserted text, masked: cut to max_obs_tokens, then to the budget left (which ends the rollout)."""
+    if limits.max_obs_tokens is not None:
+        ids = ids[: limits.max_obs_tokens]
+    room = limits.max_response_tokens - len(sample.response_ids)
+    _append(sample, ids[:room], 0)
+    if len(ids) >= room:
+        sample.finish_reason = "length"
 
 
 def run_search_loop(
@@ -114,22 +176,21 @@ def run_search_loop(
 
         pending: list[tuple[Sample, str]] = []
         for s, out in zip(active, outs, strict=True):
+            s.turns += 1
+            nxt = after_segment(protocol, out, s.turns, s.num_searches, limits)
+            ids = out.token_ids[:-1] if nxt.drop_stop_token else out.token_ids
             lps = out.logprobs if len(out.logprobs) == len(out.token_ids) else [0.0] * len(out.token_ids)
-            _append(s, out.token_ids, 1, lps)
-            if out.stop_string == protocol.query_close:
-                query = protocol.extract_query(out.text)
-                if not query:
-                    s.finish_reason = "empty_query"  # R1-Searcher: an empty query ends the rollout
-                elif s.num_searches >= limits.max_searches:
-                    s.finish_reason = "max_searches"
-                elif len(s.response_ids) >= limits.max_response_tokens:
-                    s.finish_reason = "length"
-                else:
-                    pending.append((s, query[: limits.max_query_chars]))
-            elif out.finish_reason == "length":
+            _append(s, ids, 1, lps[: len(ids)])
+            if nxt.end:
+                s.finish_reason = nxt.end
+            elif len(s.response_ids) >= limits.max_response_tokens:
                 s.finish_reason = "length"
+            elif nxt.query:
+                pending.append((s, nxt.query[: limits.max_query_chars]))
+            elif nxt.query is not None:  # an empty query: the retriever refuses those
+                _documents(s, "", [], tokenize, protocol, limits)
             else:
-                s.finish_reason = "eos"
+                _insert(s, tokenize(nxt.insert), limits)
 
         for start in range(0, len(pending), limits.max_search_batch):
             _search_and_insert(
@@ -137,6 +198,19 @@ def run_search_loop(
             )
         active = [s for s in samples if not s.done]
     return timings
+
+
+def _documents(
+    s: Sample,
+    query: str,
+    passages: list[Document],
+    tokenize: TokenizeFn,
+    protocol: Protocol,
+    limits: LoopLimits,
+) -> None:
+    s.num_searches += 1
+    s.queries.append(query)
+    _insert(s, tokenize(protocol.format_documents(passages)), limits)
 
 
 def _search_and_insert(
@@ -159,15 +233,7 @@ def _search_and_insert(
             s.search_failures += 1
     timings.retrieve_s += time.perf_counter() - t0
     for (s, query), passages in zip(pending, docs, strict=True):
-        s.num_searches += 1
-        s.queries.append(query)
-        ids = tokenize(protocol.format_documents(passages))
-        room = limits.max_response_tokens - len(s.response_ids)
-        if len(ids) >= room:
-            _append(s, ids[:room], 0)
-            s.finish_reason = "length"
-        else:
-            _append(s, ids, 0)
+        _documents(s, query, passages, tokenize, protocol, limits)
 
 
 def build_prompt_ids(

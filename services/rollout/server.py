@@ -18,7 +18,7 @@ from searchrl.proto import (
     rollout_pb2_grpc,
     trainer_pb2_grpc,
 )
-from searchrl_retriever.corpus import Passage
+from searchrl.protocol import Document
 from searchrl_reward.rules import ScoreResult
 from searchrl_reward.scorer import ScoreInput
 from searchrl_rollout.worker import RolloutWorker, make_puller
@@ -54,13 +54,13 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
 
 
 def grpc_search(stub: retriever_pb2_grpc.RetrieverStub):
-    """The search loop's `search(queries, k)` over the Retriever service; passages as document strings."""
+    """The search loop's `search(queries, k)` over the Retriever service; passages as `Document`s."""
 
-    def search(queries: list[str], top_k: int) -> list[list[str]]:
+    def search(queries: list[str], top_k: int) -> list[list[Document]]:
         resp = retrying(
             lambda: stub.Search(retriever_pb2.SearchRequest(queries=queries, top_k=top_k), timeout=120)
         )
-        return [[Passage(p.id, p.title, p.text).as_document() for p in r.passages] for r in resp.results]
+        return [[Document(p.title, p.text) for p in r.passages] for r in resp.results]
 
     return search
 

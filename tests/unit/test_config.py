@@ -5,7 +5,7 @@ from searchrl.config import ConfigError, load_config
 
 def test_defaults_and_tiny_load(tmp_path):
     cfg = load_config(None)
-    assert cfg.trainer.algo == "reinforce_pp" and cfg.rollout.top_k == 3
+    assert cfg.trainer.algo == "reinforce_pp" and cfg.rollout.budgets().top_k == 3
     tiny = load_config("configs/tiny.yaml")
     assert tiny.trainer.group_size == 4 and [s.reward_preset for s in tiny.trainer.stages] == [
         "r1s-stage1",

@@ -1,7 +1,7 @@
 """The search loop's bookkeeping with a scripted engine: which tokens are masked, when rollouts end.
 (The same loop runs on real vLLM in tests/integration/test_rollout_worker.py.)"""
 
-from searchrl.protocol import R1_SEARCHER
+from searchrl.protocol import R1_SEARCHER, RESEARCH, SEARCH_R1, SEARCH_R1_INVALID_ACTION, Document
 from searchrl_rollout.engine import GenOut, GenParams
 from searchrl_rollout.search_loop import LoopLimits, Sample, run_search_loop
 
@@ -12,12 +12,14 @@ class ScriptedEngine:
     def __init__(self, scripts: list[list[str]]):
         self.scripts = scripts
         self.calls: list[int] = []
+        self.max_tokens: list[int] = []
 
     def generate(self, prompts: list[list[int]], params: list[GenParams]) -> list[GenOut]:
         self.calls.append(len(prompts))
         outs = []
         for prompt, p in zip(prompts, params, strict=True):
             sid = prompt[0]
+            self.max_tokens.append(p.max_tokens)
             text = self.scripts[sid].pop(0)[: p.max_tokens]
             stop = next((s for s in p.stop if text.endswith(s)), None)
             finish = "length" if len(text) == p.max_tokens and stop is None else "stop"
@@ -40,7 +42,7 @@ def run(scripts, limits=DEFAULT_LIMITS):
 
     def search(queries, k):
         searched.append(list(queries))
-        return [[f"doc-{q}-{i}" for i in range(k)] for q in queries]
+        return [[Document("", f"doc-{q}-{i}") for i in range(k)] for q in queries]
 
     engine = ScriptedEngine(scripts)
     samples = [Sample([i]) for i in range(len(scripts))]
@@ -64,7 +66,7 @@ def test_mask_is_zero_exactly_on_documents_and_queries_are_batched():
     assert searched == [["alpha", "beta"]]  # one batched search call for the round
     assert engine.calls == [3, 2]  # one engine call per round for all active samples
     a = samples[0]
-    docs = R1_SEARCHER.format_documents(["doc-alpha-0", "doc-alpha-1"])
+    docs = R1_SEARCHER.format_documents([Document("", "doc-alpha-0"), Document("", "doc-alpha-1")])
     assert text_where(a, 0) == docs
     assert text_where(a, 1) == f"think {q}so </think><answer> x </answer>"  # the query tag stays unmasked
     assert a.num_searches == 1 and a.finish_reason == "eos"
@@ -144,7 +146,7 @@ def test_a_failed_search_call_costs_only_its_samples():
     def search(queries, k):
         if "q0" in queries:
             raise RuntimeError("retriever rejected the request")
-        return [[f"doc-{q}"] for q in queries]
+        return [[Document("", f"doc-{q}")] for q in queries]
 
     samples = [Sample([i]) for i in range(3)]
     limits = LoopLimits(top_k=1, max_searches=2, max_search_batch=2)
@@ -153,6 +155,123 @@ def test_a_failed_search_call_costs_only_its_samples():
         "retriever rejected the request"
     ]
     empty = R1_SEARCHER.format_documents([])
-    assert [text_where(s, 0) for s in samples] == [empty, empty, R1_SEARCHER.format_documents(["doc-q2"])]
+    assert [text_where(s, 0) for s in samples] == [
+        empty,
+        empty,
+        R1_SEARCHER.format_documents([Document("", "doc-q2")]),
+    ]
     assert [s.search_failures for s in samples] == [1, 1, 0]
     assert all(s.finish_reason == "eos" and s.num_searches == 1 for s in samples)
+
+
+def run_protocol(protocol, scripts, limits):
+    """`run` for another preset; passages are `Document`s titled by their query."""
+    searched: list[list[str]] = []
+
+    def search(queries, k):
+        searched.append(list(queries))
+        return [[Document(q, f"text-{i}") for i in range(k)] for q in queries]
+
+    samples = [Sample([i]) for i in range(len(scripts))]
+    run_search_loop(ScriptedEngine(scripts), search, tokenize, protocol, samples, limits)
+    return samples, searched
+
+
+def research_limits(**kw):
+    return LoopLimits.from_budgets(RESEARCH.defaults, **kw)
+
+
+def test_research_searches_every_search_tag_masks_the_results_and_never_sends_an_empty_query():
+    samples, searched = run_protocol(
+        RESEARCH,
+        [
+            [
+                "<think> a </think> <search> q1 </search>",
+                " <search>  </search>",
+                " <search> q2 </search>",
+                " <think> b </think> <answer> \\boxed{x} </answer>",
+            ]
+        ],
+        research_limits(top_k=1),
+    )
+    s = samples[0]
+    assert searched == [["q1"], ["q2"]]  # the empty query got an empty result block, not a retriever call
+    results = [RESEARCH.format_documents([Document("q1", "text-0")]), RESEARCH.format_documents([])]
+    results.append(RESEARCH.format_documents([Document("q2", "text-0")]))
+    assert text_where(s, 0) == "".join(results)
+    assert text_where(s, 1) == (
+        "<think> a </think> <search> q1 </search> <search>  </search> <search> q2 </search>"
+        " <think> b </think> <answer> \\boxed{x} </answer>"
+    )
+    assert s.num_searches == 3 and s.finish_reason == "eos" and s.queries == ["q1", "", "q2"]
+
+
+def test_research_segments_may_use_the_whole_remaining_budget():
+    engine = ScriptedEngine([["<search> q </search>", "done"]])
+    limits = research_limits(top_k=1, max_response_tokens=100)
+    search = lambda qs, k: [[Document("", "d")] for _ in qs]  # noqa: E731
+    run_search_loop(engine, search, tokenize, RESEARCH, [Sample([0])], limits)
+    assert engine.max_tokens == [100, 100 - len("<search> q </search>") - len(" <result>\nd\n</result>")]
+
+
+def sr1_limits(**kw):
+    return LoopLimits.from_budgets(SEARCH_R1.defaults, **{"top_k": 1, "max_turns": 2, **kw})
+
+
+def test_search_r1_each_segment_is_an_action_and_answers_end_the_rollout():
+    obs = SEARCH_R1.format_documents([Document("q1", "text-0")])
+    samples, searched = run_protocol(
+        SEARCH_R1,
+        [
+            ["<think> a </think>\n<search> q1 </search>", "\n<think> b </think>\n<answer> x </answer>"],
+            ["<answer> y </answer>"],
+        ],
+        sr1_limits(),
+    )
+    a, b = samples
+    assert searched == [["q1"]]
+    assert text_where(a, 0) == obs
+    assert (
+        text_where(a, 1)
+        == "<think> a </think>\n<search> q1 </search>\n<think> b </think>\n<answer> x </answer>"
+    )
+    assert (a.finish_reason, a.num_searches, a.turns) == ("answer", 1, 2)
+    assert (b.finish_reason, b.turns) == ("answer", 1) and 0 not in b.loss_mask
+
+
+def test_search_r1_invalid_actions_get_the_corrective_message_then_a_last_turn_without_search():
+    eos = "\x03"  # the scripted engine's EOS: a segment that ends without a stop string
+    samples, searched = run_protocol(
+        SEARCH_R1,
+        [["I do not know" + eos, "<search> q1 </search>", "<search> q2 </search>", "never reached"]],
+        sr1_limits(),
+    )
+    s = samples[0]
+    obs = SEARCH_R1.format_documents([Document("q1", "text-0")])
+    assert searched == [["q1"]]  # the third generation is the final one: its search is not run
+    # the EOS before the corrective message is dropped (the seed decodes segments without special tokens)
+    assert "".join(chr(t) for t in s.response_ids) == (
+        "I do not know" + SEARCH_R1_INVALID_ACTION + "<search> q1 </search>" + obs + "<search> q2 </search>"
+    )
+    assert text_where(s, 0) == SEARCH_R1_INVALID_ACTION + obs  # everything the worker inserted, nothing else
+    assert (s.finish_reason, s.turns, s.num_searches) == ("max_turns", 3, 1)
+    assert len(s.logprobs) == len(s.response_ids)
+
+
+def test_search_r1_a_segment_cut_by_length_is_an_invalid_action_not_the_end():
+    samples, _ = run_protocol(SEARCH_R1, [["x" * 50, "<answer> a </answer>"]], sr1_limits(segment_tokens=25))
+    s = samples[0]
+    assert (
+        "".join(chr(t) for t in s.response_ids)
+        == "x" * 25 + SEARCH_R1_INVALID_ACTION + "<answer> a </answer>"
+    )
+    assert s.finish_reason == "answer"
+
+
+def test_search_r1_observations_are_cut_to_max_obs_tokens():
+    samples, _ = run_protocol(
+        SEARCH_R1, [["<search> q </search>", "<answer> a </answer>"]], sr1_limits(top_k=3, max_obs_tokens=20)
+    )
+    s = samples[0]
+    assert text_where(s, 0) == SEARCH_R1.format_documents([Document("q", f"text-{i}") for i in range(3)])[:20]
+    assert s.finish_reason == "answer"
