@@ -1,5 +1,6 @@
 """`searchrl reward score --preset P < in.jsonl > out.jsonl`: score JSONL lines {question, response,
-golden_answers} offline; output lines {reward, em, cem, f1, format_ok, num_searches} in input order.
+golden_answers} offline with any preset of `rules.PRESETS` and the `reward.r1s_*` switches of the config;
+output lines {reward, em, cem, f1, format_ok, num_searches} in input order.
 A bad line fails with its line number and nothing is written for a partial batch."""
 
 from __future__ import annotations
@@ -8,7 +9,8 @@ import json
 import sys
 from typing import TextIO
 
-from searchrl_reward.scorer import RewardScorer, ScoreInput
+from searchrl.config import RewardConfig
+from searchrl_reward.scorer import RewardScorer, ScoreInput, rule_options
 
 
 def read_items(stream: TextIO) -> list[ScoreInput]:
@@ -31,9 +33,12 @@ def read_items(stream: TextIO) -> list[ScoreInput]:
     return items
 
 
-def score_stream(preset: str, inp: TextIO = sys.stdin, out: TextIO = sys.stdout) -> int:
+def score_stream(
+    preset: str, rc: RewardConfig | None = None, inp: TextIO = sys.stdin, out: TextIO = sys.stdout
+) -> int:
+    rc = rc or RewardConfig()
     items = read_items(inp)
-    scorer = RewardScorer(max_batch=max(len(items), 1), max_response_chars=10**9)
+    scorer = RewardScorer(max_batch=max(len(items), 1), max_response_chars=10**9, options=rule_options(rc))
     for r in scorer.score(preset, items):
         out.write(
             json.dumps(

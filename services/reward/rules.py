@@ -1,4 +1,6 @@
-"""Reward rules for the R1-Searcher protocol: answer extraction, EM / CEM / F1, format checks, stage presets.
+"""Reward rules for the R1-Searcher protocol (answer extraction, EM / CEM / F1, format checks, stage presets)
+and the table of every reward preset (`PRESETS`, `score`): the ReSearch and Search-R1 presets live in
+`research_rules` / `search_r1_rules`.
 
 Contract
 --------
@@ -16,7 +18,7 @@ Contract
   condition (see :func:`score`); ``num_searches`` counts completed non-empty queries.
 
 What this module does not know: tokenizers, EOS handling, the prompt template, which dataset an item came from,
-gRPC, and any protocol other than R1-Searcher's (ReSearch / Search-R1 rules would be further presets).
+gRPC. The other seeds' rules are in their own modules; only their entries in `PRESETS` are here.
 
 Source of the rules: R1-Searcher (github.com/RUCAIBox/R1-Searcher), files
 ``train/reward_server_llama_stage1.py`` (stage 1 as run for Llama), ``train/reward_server_llama_stage2.py``
@@ -29,10 +31,14 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from searchrl.protocol import R1_SEARCHER
+from searchrl_reward.common import ScoreResult, token_f1
+from searchrl_reward.research_rules import score_research
+from searchrl_reward.search_r1_rules import score_search_r1
 
 # --- Protocol tags (R1-Searcher) -------------------------------------------------------------------------------
 
@@ -61,40 +67,41 @@ _RETRIEVAL_COUNT_PATTERNS: tuple[str, ...] = (
     DOCS_OPEN + "\n(1)",
 )
 
-PRESETS: tuple[str, ...] = ("r1s-stage1", "r1s-stage2")
-
 # Answers longer than this many whitespace-separated words are a stage-2 format fault
 # (R1-Searcher reward_server_qwen_zero.py l.239-241).
 MAX_ANSWER_WORDS = 10
 
-# Normalised answers that F1 refuses to credit partially (R1-Searcher reward_server_llama_stage2.py l.68-77).
-_SPECIAL_ANSWERS = frozenset({"yes", "no", "noanswer"})
-
 # string.punctuation plus typographic quotes/accents (R1-Searcher reward_server_llama_stage1.py l.29).
 _PUNCTUATION = frozenset(string.punctuation + "‘’´`")
 _ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
-_BOOL_WORDS = {"true": "yes", "false": "no"}
+# R1-Searcher bool_mapping (reward_server_llama_stage1.py l.41-47): only these raw strings are mapped.
+_SEED_BOOLS = {"True": "yes", "False": "no"}
+_NORMALIZED_BOOLS = {"true": "yes", "false": "no"}
+BoolMapping = Literal["seed", "normalized"]
+Stage2Checks = Literal["llama", "qwen"]
 
 
 # --- Answer normalisation and metrics --------------------------------------------------------------------------
 
 
-def normalize_answer(s: str) -> str:
-    """Normalise an answer string the R1-Searcher way, then map a bare "true"/"false" to "yes"/"no".
+def normalize_answer(s: str, bool_mapping: BoolMapping = "seed") -> str:
+    """Normalise an answer string the R1-Searcher way, with its "True"/"False" -> "yes"/"no" mapping.
 
     Steps (R1-Searcher reward_server_llama_stage1.py l.21-38): ``_`` -> space, lowercase, punctuation
     (``string.punctuation`` plus ‘ ’ ´ `) -> space, drop the words a/an/the, collapse whitespace.
 
-    The seed maps the *raw* strings "True"/"False" to "yes"/"no" before normalising (``bool_mapping``, l.41-47),
-    so "true" or "True." would stay "true" there. Here the mapping is applied to the whole *normalised* string,
-    which covers every case the seed covers ("True" -> "yes") plus the case and punctuation variants. Only a
-    whole answer is mapped: "true story" stays "true story".
+    ``bool_mapping="seed"`` (default) maps the *raw* strings "True"/"False" before normalising, as the seed's
+    ``bool_mapping`` (l.41-47) does for prediction and gold alike: "TRUE" or "True." stay "true".
+    ``"normalized"`` maps a whole *normalised* "true"/"false" instead, which covers every case the seed covers
+    plus the case and punctuation variants ("true story" stays "true story").
     """
+    if bool_mapping == "seed":
+        s = _SEED_BOOLS.get(s, s)
     text = s.replace("_", " ").lower()
     text = "".join(" " if ch in _PUNCTUATION else ch for ch in text)
     text = _ARTICLES_RE.sub(" ", text)
     text = " ".join(text.split())
-    return _BOOL_WORDS.get(text, text)
+    return _NORMALIZED_BOOLS.get(text, text) if bool_mapping == "normalized" else text
 
 
 def extract_answer(response: str) -> str | None:
@@ -117,7 +124,7 @@ def _check_golds(golds: Sequence[str]) -> None:
         raise ValueError("golds must contain at least one golden answer")
 
 
-def exact_match(pred: str | None, golds: Sequence[str]) -> float:
+def exact_match(pred: str | None, golds: Sequence[str], bool_mapping: BoolMapping = "seed") -> float:
     """1.0 when the normalised prediction equals some normalised gold, else 0.0 (0.0 for ``pred=None``).
 
     R1-Searcher ``exact_match_score`` (reward_server_llama_stage1.py l.57-60), maximised over aliases.
@@ -125,11 +132,11 @@ def exact_match(pred: str | None, golds: Sequence[str]) -> float:
     _check_golds(golds)
     if pred is None:
         return 0.0
-    p = normalize_answer(pred)
-    return 1.0 if any(p == normalize_answer(g) for g in golds) else 0.0
+    p = normalize_answer(pred, bool_mapping)
+    return 1.0 if any(p == normalize_answer(g, bool_mapping) for g in golds) else 0.0
 
 
-def cover_exact_match(pred: str | None, golds: Sequence[str]) -> float:
+def cover_exact_match(pred: str | None, golds: Sequence[str], bool_mapping: BoolMapping = "seed") -> float:
     """Cover EM: 1.0 when every token of some normalised gold is among the normalised prediction's tokens.
 
     Order and contiguity are ignored (R1-Searcher ``cover_exact_match_score_1``, reward_server_llama_stage1.py
@@ -140,40 +147,25 @@ def cover_exact_match(pred: str | None, golds: Sequence[str]) -> float:
     _check_golds(golds)
     if pred is None:
         return 0.0
-    pred_tokens = set(normalize_answer(pred).split(" "))
+    pred_tokens = set(normalize_answer(pred, bool_mapping).split(" "))
     for gold in golds:
-        if all(tok in pred_tokens for tok in normalize_answer(gold).split(" ")):
+        if all(tok in pred_tokens for tok in normalize_answer(gold, bool_mapping).split(" ")):
             return 1.0
     return 0.0
 
 
-def _f1_single(pred_norm: str, pred_counts: Counter[str], gold_norm: str) -> float:
-    # R1-Searcher f1_score (reward_server_llama_stage2.py l.62-88): yes/no/noanswer on either side must match
-    # exactly; otherwise token-level F1 with multiset overlap. ``pred_counts`` is counted once for all golds.
-    if pred_norm in _SPECIAL_ANSWERS and pred_norm != gold_norm:
-        return 0.0
-    if gold_norm in _SPECIAL_ANSWERS and pred_norm != gold_norm:
-        return 0.0
-    gold_counts = Counter(gold_norm.split())
-    num_same = sum(min(n, pred_counts[tok]) for tok, n in gold_counts.items())
-    if num_same == 0:
-        return 0.0
-    precision = num_same / pred_counts.total()
-    recall = num_same / gold_counts.total()
-    return 2 * precision * recall / (precision + recall)
-
-
-def f1_score(pred: str | None, golds: Sequence[str]) -> float:
+def f1_score(pred: str | None, golds: Sequence[str], bool_mapping: BoolMapping = "seed") -> float:
     """Token F1 between normalised prediction and gold, maximised over golds (0.0 for ``pred=None``).
 
-    0.0 when either side normalises to yes/no/noanswer and the two differ (R1-Searcher).
+    0.0 when either side normalises to yes/no/noanswer and the two differ (R1-Searcher f1_score,
+    reward_server_llama_stage2.py l.62-88; `common.token_f1`).
     """
     _check_golds(golds)
     if pred is None:
         return 0.0
-    p = normalize_answer(pred)
+    p = normalize_answer(pred, bool_mapping)
     counts = Counter(p.split())
-    return max(_f1_single(p, counts, normalize_answer(g)) for g in golds)
+    return max(token_f1(p, counts, normalize_answer(g, bool_mapping)) for g in golds)
 
 
 # --- Tag accounting --------------------------------------------------------------------------------------------
@@ -234,36 +226,33 @@ def _has_cjk_outside_documents(response: str) -> bool:
     return any("\u4e00" <= ch <= "\u9fff" for ch in _outside_documents(response))
 
 
-# Protocol tags that must not occur inside the answer. The seed checks "begin_of_query" and
-# "begin_of_documents" (R1-Searcher reward_server_qwen_zero.py l.233-237); the closing tags and the think tags
-# are checked too, since an answer containing any of them is equally malformed.
-_TAGS_FORBIDDEN_IN_ANSWER: tuple[str, ...] = (
-    "begin_of_query",
-    "end_of_query",
-    "begin_of_documents",
-    "end_of_documents",
-    THINK_OPEN,
-    THINK_CLOSE,
-)
+# Substrings that must not occur inside the answer under the Qwen checks (R1-Searcher
+# reward_server_qwen_zero.py l.233-237, the seed's two, as it ran).
+_TAGS_FORBIDDEN_IN_ANSWER: tuple[str, ...] = ("begin_of_query", "begin_of_documents")
 
 
-def stage2_format_faults(response: str) -> list[str]:
+def stage2_format_faults(response: str, checks: Stage2Checks = "llama") -> list[str]:
     """Names of the stage-2 format faults in ``response``; an empty list means the format is correct.
 
-    Faults: ``retrieval_tag_counts`` (the seven query/document tag counts differ, zero searches allowed;
-    Llama stage2 l.198-208), ``think_answer_tag_counts`` (a ``<think>``, or not exactly one ``</think>``,
-    ``<answer>``, ``</answer>``: covers missing and duplicate answer tags; Llama stage2 l.211-219),
-    ``tags_in_answer`` and ``answer_too_long`` (qwen_zero l.233-241), ``cjk_outside_documents``
-    (Llama stage2 l.221-224). The seed's Qwen-base check for the word "Assistant" (qwen_zero l.212-217) is a
-    template-leak check specific to the base-model prompt and is not included.
+    R1-Searcher has two stage-2 reward servers. ``checks="llama"`` (default) is
+    ``train/reward_server_llama_stage2.py``, the one run for the instruct model (chat template, penalty -1),
+    which is this project's default model and ``r1s-stage2`` setup: ``retrieval_tag_counts`` (the seven
+    query/document tag counts differ, zero searches allowed; l.198-208), ``think_answer_tag_counts`` (a
+    ``<think>``, or not exactly one ``</think>``, ``<answer>``, ``</answer>``: covers missing and duplicate
+    answer tags; l.211-219) and ``cjk_outside_documents`` (l.221-224).
+    ``checks="qwen"`` adds the two checks only ``train/reward_server_qwen_zero.py`` (Qwen-2.5-7B-Base, penalty
+    -2 in the paper) has: ``tags_in_answer`` ("begin_of_query" or "begin_of_documents" in the answer text,
+    l.233-237) and ``answer_too_long`` (more than 10 whitespace-separated words, l.239-241). As in the seed,
+    the answer text is the split after the last ``<answer>`` even when the tags are missing. Its check for the
+    word "Assistant" (l.212-217) is a template-leak check of the base-model prompt and is not included.
     """
     faults: list[str] = []
     if not _retrieval_counts_equal(response):
         faults.append("retrieval_tag_counts")
     if not _think_answer_counts_ok(response):
         faults.append("think_answer_tag_counts")
-    answer = extract_answer(response)
-    if answer is not None:
+    if checks == "qwen":
+        answer = response.split(ANSWER_OPEN)[-1].split(ANSWER_CLOSE)[0].strip()
         if any(tag in answer for tag in _TAGS_FORBIDDEN_IN_ANSWER):
             faults.append("tags_in_answer")
         if len(answer.split()) > MAX_ANSWER_WORDS:
@@ -277,26 +266,64 @@ def stage2_format_faults(response: str) -> list[str]:
 
 
 @dataclass(frozen=True)
-class ScoreResult:
-    """One scored response: the preset's reward plus metrics that do not depend on the preset."""
+class RuleOptions:
+    """Switches of the R1-Searcher presets (``reward.*`` in the config); the other presets have none.
 
-    reward: float
-    em: float
-    cem: float
-    f1: float
-    format_ok: bool
-    num_searches: int
+    ``r1s_bool_mapping``: see :func:`normalize_answer`. ``r1s_stage2_checks``: see
+    :func:`stage2_format_faults`. ``r1s_format_penalty``: added to the F1 of a faulty ``r1s-stage2`` response
+    (-1 Llama code, -2 paper / Qwen code).
+    """
+
+    r1s_bool_mapping: BoolMapping = "seed"
+    r1s_stage2_checks: Stage2Checks = "llama"
+    r1s_format_penalty: float = -1.0
+
+    def __post_init__(self) -> None:
+        if self.r1s_bool_mapping not in ("seed", "normalized"):
+            raise ValueError(f"r1s_bool_mapping: {self.r1s_bool_mapping!r} is not 'seed' or 'normalized'")
+        if self.r1s_stage2_checks not in ("llama", "qwen"):
+            raise ValueError(f"r1s_stage2_checks: {self.r1s_stage2_checks!r} is not 'llama' or 'qwen'")
+
+
+def _score_r1s(stage: int, response: str, golds: Sequence[str], opts: RuleOptions) -> ScoreResult:
+    """``r1s-stage1`` / ``r1s-stage2``; see :func:`score`."""
+    pred = extract_answer(response)
+    em = exact_match(pred, golds, opts.r1s_bool_mapping)
+    cem = cover_exact_match(pred, golds, opts.r1s_bool_mapping)
+    f1 = f1_score(pred, golds, opts.r1s_bool_mapping)
+    if stage == 1:
+        reward = 1.0 if (pred is not None and cem == 1.0) else -1.0
+        if _retrieval_counts_equal(response) and response.count(QUERY_OPEN) >= 1:
+            reward += 0.5
+        format_ok = _think_answer_counts_ok(response)
+        if format_ok:
+            reward += 0.5
+    else:
+        format_ok = not stage2_format_faults(response, opts.r1s_stage2_checks)
+        reward = f1 if format_ok else f1 + opts.r1s_format_penalty
+    return ScoreResult(reward, em, cem, f1, format_ok, count_searches(response))
+
+
+Preset = Callable[[str, str, Sequence[str], RuleOptions], ScoreResult]
+
+# Every reward preset: name -> rule(question, response, golden_answers, options).
+PRESETS: dict[str, Preset] = {
+    "r1s-stage1": lambda q, r, g, o: _score_r1s(1, r, g, o),
+    "r1s-stage2": lambda q, r, g, o: _score_r1s(2, r, g, o),
+    "research": lambda q, r, g, o: score_research(r, g),
+    "search-r1-em": lambda q, r, g, o: score_search_r1(q, r, g, with_format=False),
+    "search-r1-format": lambda q, r, g, o: score_search_r1(q, r, g, with_format=True),
+}
 
 
 def score(
     preset: str,
     question: str,
     response: str,
-    golden_answers: list[str],
-    *,
-    format_penalty: float = -1.0,
+    golden_answers: Sequence[str],
+    options: RuleOptions = RuleOptions(),
 ) -> ScoreResult:
-    """Score one response under ``preset``.
+    """Score one response under ``preset`` (a key of ``PRESETS``).
 
     ``r1s-stage1`` (R1-Searcher reward_server_llama_stage1.py l.156-200), reward in {-1, -0.5, 0, 0.5, 1,
     1.5, 2}:
@@ -304,53 +331,31 @@ def score(
       * +0.5 when the seven query/document tag counts are all equal and >= 1 (it searched, well-formed);
       * +0.5 when the think/answer tag counts are right (no ``<think>``, one ``</think>``/``<answer>``/
         ``</answer>``). ``format_ok`` is this last condition.
-    ``format_penalty`` is ignored.
 
     ``r1s-stage2`` (R1-Searcher reward_server_llama_stage2.py l.183-227): reward = F1 (0 when the answer tags
-    are missing) plus ``format_penalty`` when :func:`stage2_format_faults` finds any fault. The seed *adds*
-    the penalty to the F1 (``scores[i] = scores[i]-1``, l.226-227) rather than replacing it, so a faulty
-    response scores F1 - 1 in [-1, 0]. Default -1.0 is the Llama code; the paper (and reward_server_qwen_zero.py
-    l.249-250) uses -2. ``format_ok`` is "no fault".
+    are missing) plus ``options.r1s_format_penalty`` when :func:`stage2_format_faults` finds any fault. The
+    seed *adds* the penalty to the F1 (``scores[i] = scores[i]-1``, l.226-227) rather than replacing it, so a
+    faulty response scores F1 - 1 in [-1, 0]. ``format_ok`` is "no fault". R1-Searcher uses ``question`` only
+    to look up the gold answer.
 
-    ``question`` is accepted for interface stability (the seed only used it to look up the gold answer).
+    ``research``: :mod:`research_rules`. ``search-r1-em`` / ``search-r1-format``: :mod:`search_r1_rules`
+    (they rebuild the seed's prompt from ``question``).
     Raises ValueError naming ``preset`` for an unknown preset and ``golden_answers`` when it is empty.
     """
-    del question  # not needed by any R1-Searcher rule
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
+    rule = PRESETS.get(preset)
+    if rule is None:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {list(PRESETS)}")
     if isinstance(golden_answers, str) or len(golden_answers) == 0:
         raise ValueError("golden_answers must be a non-empty list of strings")
-
-    pred = extract_answer(response)
-    em = exact_match(pred, golden_answers)
-    cem = cover_exact_match(pred, golden_answers)
-    f1 = f1_score(pred, golden_answers)
-    num_searches = count_searches(response)
-
-    if preset == "r1s-stage1":
-        reward = 1.0 if (pred is not None and cem == 1.0) else -1.0
-        if _retrieval_counts_equal(response) and response.count(QUERY_OPEN) >= 1:
-            reward += 0.5
-        format_ok = _think_answer_counts_ok(response)
-        if format_ok:
-            reward += 0.5
-    else:  # r1s-stage2
-        format_ok = not stage2_format_faults(response)
-        reward = f1 if format_ok else f1 + format_penalty
-
-    return ScoreResult(reward=reward, em=em, cem=cem, f1=f1, format_ok=format_ok, num_searches=num_searches)
+    return rule(question, response, golden_answers, options)
 
 
 def score_batch(
     preset: str,
     items: Sequence[tuple[str, str, list[str]]],
-    *,
-    format_penalty: float = -1.0,
+    options: RuleOptions = RuleOptions(),
 ) -> list[ScoreResult]:
     """Score ``(question, response, golden_answers)`` items in order; see :func:`score` for the rules."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
-    return [
-        score(preset, question, response, golds, format_penalty=format_penalty)
-        for question, response, golds in items
-    ]
+        raise ValueError(f"unknown preset {preset!r}; expected one of {list(PRESETS)}")
+    return [score(preset, question, response, golds, options) for question, response, golds in items]

@@ -16,22 +16,45 @@ from searchrl_reward.scorer import RewardScorer, ScoreInput
 N_TOKENS = 20_000
 
 
-def _long_item() -> ScoreInput:
+# A response in each preset's own format around the answer, so every preset grades the answer.
+_FORMATS = {
+    "r1s-stage1": "</think>\n<answer> {} </answer>",
+    "r1s-stage2": "</think>\n<answer> {} </answer>",
+    "research": "<think> x </think> <answer> \\boxed{{{}}} </answer><|im_end|>",
+    "search-r1-em": "<think> x </think>\n<answer> {} </answer>",
+    "search-r1-format": "<think> x </think>\n<answer> {} </answer>",
+}
+
+
+def _long_item(preset: str) -> ScoreInput:
     # Worst case for a list scan: every gold token is in the prediction, at its far end.
     pred = " ".join(f"w{i}" for i in range(N_TOKENS))
     gold = " ".join([f"w{N_TOKENS - 1}"] * N_TOKENS)
-    return ScoreInput("q", f"</think>\n<answer> {pred} </answer>", [gold])
+    return ScoreInput("q", _FORMATS[preset].format(pred), [gold])
 
 
 # The quadratic rules took seconds per call here (the review measured 2 s at 8k x 8k tokens); the linear ones
 # take milliseconds. The timeout only stops a regression from hanging the suite.
 @pytest.mark.timeout(3)
 def test_long_prediction_and_gold_score_in_linear_time() -> None:
-    item = _long_item()
-    scorer = RewardScorer(max_golden_answer_chars=len(item.golden_answers[0]))
+    assert set(_FORMATS) == set(PRESETS)
     for preset in PRESETS:
+        item = _long_item(preset)
+        scorer = RewardScorer(max_golden_answer_chars=len(item.golden_answers[0]))
         (result,) = scorer.score(preset, [item])
         assert result.cem == 1.0 and 0.0 < result.f1 < 1.0
+
+
+@pytest.mark.timeout(3)
+def test_unclosed_tags_scan_in_linear_time_in_every_preset() -> None:
+    # A regex like <answer>(.*?)</answer> rescans to the end from every unclosed tag: quadratic (minutes at the
+    # 200k-char limit). Every preset must stay linear on a response made of opening tags.
+    limit = RewardConfig().max_response_chars
+    scorer = RewardScorer()
+    for tag in ("<answer>", "<search>", "<think>", "\\boxed{", "<|begin_of_query|>"):
+        item = ScoreInput("q", tag * (limit // len(tag)), ["a"])
+        for preset in PRESETS:
+            scorer.score(preset, [item])
 
 
 @pytest.mark.timeout(3)

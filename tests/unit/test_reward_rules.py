@@ -7,9 +7,12 @@ servers; the arithmetic is in the comments. Responses are response text only (th
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from searchrl_reward.rules import (
     PRESETS,
+    RuleOptions,
     ScoreResult,
     count_searches,
     cover_exact_match,
@@ -29,6 +32,7 @@ SEARCH_BLOCK = (
 )
 GOOD_SEARCH = "I should look this up. " + SEARCH_BLOCK + "So it is Paris.</think>\n<answer>Paris</answer>"
 GOOD_NO_SEARCH = "I know this.</think>\n<answer>Paris</answer>"
+QWEN = RuleOptions(r1s_stage2_checks="qwen")
 
 
 # --- normalize_answer ------------------------------------------------------------------------------------------
@@ -47,17 +51,50 @@ GOOD_NO_SEARCH = "I know this.</think>\n<answer>Paris</answer>"
         # typographic quote ’ and accents ` ´ are punctuation too
         ("O’Neil", "o neil"),
         ("rock `n´ roll", "rock n roll"),
-        # whole-answer boolean mapping, any case / punctuation
+        # the seed maps only the raw strings "True" / "False"
         ("True", "yes"),
-        ("false.", "no"),
-        ("TRUE", "yes"),
-        # only a whole answer is mapped
+        ("False", "no"),
+        ("false.", "false"),
+        ("TRUE", "true"),
         ("True story", "true story"),
         ("", ""),
     ],
 )
 def test_normalize_answer(raw: str, expected: str) -> None:
     assert normalize_answer(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # "normalized": a whole normalised answer "true" / "false", any case or punctuation
+        ("True", "yes"),
+        ("false.", "no"),
+        ("TRUE", "yes"),
+        # only a whole answer is mapped
+        ("True story", "true story"),
+    ],
+)
+def test_normalize_answer_normalized_bool_mapping(raw: str, expected: str) -> None:
+    assert normalize_answer(raw, "normalized") == expected
+
+
+def test_bool_mapping_seed_versus_normalized() -> None:
+    # The case: answer "FALSE", gold "False". Seed: "FALSE" is not the raw string "False", so it stays
+    # "false" while the gold maps to "no": EM 0, stage-1 reward -1 + 0.5 (format) = -0.5. Normalized: 1 + 0.5.
+    resp = "x</think><answer>FALSE</answer>"
+    assert exact_match("FALSE", ["False"]) == 0.0
+    assert exact_match("FALSE", ["False"], "normalized") == 1.0
+    assert score("r1s-stage1", "q", resp, ["False"]).reward == -0.5
+    assert score("r1s-stage1", "q", resp, ["False"], RuleOptions(r1s_bool_mapping="normalized")).reward == 1.5
+
+
+@given(st.text(max_size=12), st.sampled_from(["True", "False", "true", "no", "yes", "FALSE", "x"]))
+def test_normalized_mapping_credits_everything_the_seed_credits(pred: str, gold: str) -> None:
+    # The seed maps raw "True"/"False" before normalising; "normalized" maps the normalised string, which
+    # covers the seed's cases, so it never scores an answer lower.
+    for metric in (exact_match, cover_exact_match, f1_score):
+        assert metric(pred, [gold], "seed") <= metric(pred, [gold], "normalized")
 
 
 # --- extract_answer --------------------------------------------------------------------------------------------
@@ -90,6 +127,8 @@ def test_yes_no_true_false() -> None:
     assert exact_match("True", ["no"]) == 0.0
     # F1: "no" vs "no" -> identical single token -> 1
     assert f1_score("No.", ["False"]) == 1.0
+    # the seed maps only the raw strings: "true" stays "true"
+    assert exact_match("true", ["yes"]) == 0.0
 
 
 def test_exact_match_articles_punctuation_underscores() -> None:
@@ -305,22 +344,35 @@ def test_stage2_tags_inside_answer() -> None:
         "x</think><answer><|begin_of_query|> x <|end_of_query|>\n\n<|begin_of_documents|>\n(1)d\n"
         "<|end_of_documents|>\n\n Paris</answer>"
     )
-    assert stage2_format_faults(resp) == ["tags_in_answer"]
-    r = score("r1s-stage2", "q", resp, ["Paris"])
+    assert stage2_format_faults(resp, "qwen") == ["tags_in_answer"]
+    r = score("r1s-stage2", "q", resp, ["Paris"], QWEN)
     assert r.f1 == pytest.approx(2 / 17)
     assert r.reward == pytest.approx(-15 / 17)
+    # the Llama code (the default) has no such check: F1 2/17, no fault
+    assert stage2_format_faults(resp) == []
+    assert score("r1s-stage2", "q", resp, ["Paris"]).reward == pytest.approx(2 / 17)
+
+
+def test_stage2_qwen_tag_check_is_the_seeds_two_substrings() -> None:
+    # reward_server_qwen_zero.py l.233-237 looks for "begin_of_query" / "begin_of_documents" only
+    # (the bare words leave all seven tag counts at 0, so the counts are equal)
+    assert stage2_format_faults("x</think><answer>a begin_of_query b</answer>", "qwen") == ["tags_in_answer"]
+    assert stage2_format_faults("x</think><answer>a end_of_documents b</answer>", "qwen") == []
 
 
 def test_stage2_answer_longer_than_ten_words() -> None:
     # 11 words, gold "eleven": common 1, P = 1/11, R = 1, F1 = 2*(1/11)/(12/11) = 1/6; fault -> 1/6 - 1 = -5/6
     words = "one two three four five six seven eight nine ten eleven"
     resp = f"x</think><answer>{words}</answer>"
-    assert stage2_format_faults(resp) == ["answer_too_long"]
-    assert score("r1s-stage2", "q", resp, ["eleven"]).reward == pytest.approx(-5 / 6)
+    assert stage2_format_faults(resp, "qwen") == ["answer_too_long"]
+    assert score("r1s-stage2", "q", resp, ["eleven"], QWEN).reward == pytest.approx(-5 / 6)
     # exactly 10 words, gold "ten": P = 1/10, R = 1, F1 = 2*(1/10)/(11/10) = 2/11; no fault -> 2/11
     resp10 = "x</think><answer>one two three four five six seven eight nine ten</answer>"
-    assert stage2_format_faults(resp10) == []
-    assert score("r1s-stage2", "q", resp10, ["ten"]).reward == pytest.approx(2 / 11)
+    assert stage2_format_faults(resp10, "qwen") == []
+    assert score("r1s-stage2", "q", resp10, ["ten"], QWEN).reward == pytest.approx(2 / 11)
+    # Llama code (default): no length check, F1 1/6 and no fault
+    assert stage2_format_faults(resp) == []
+    assert score("r1s-stage2", "q", resp, ["eleven"]).reward == pytest.approx(1 / 6)
 
 
 def test_stage2_cjk_outside_documents() -> None:
@@ -339,18 +391,21 @@ def test_stage2_penalty_is_added_to_f1_and_configurable() -> None:
     resp = "<think>x</think><answer>Paris France</answer>"
     assert score("r1s-stage2", "q", resp, ["Paris"]).reward == pytest.approx(-1 / 3)
     # paper penalty -2: 2/3 - 2 = -4/3
-    assert score("r1s-stage2", "q", resp, ["Paris"], format_penalty=-2.0).reward == pytest.approx(-4 / 3)
+    paper = RuleOptions(r1s_format_penalty=-2.0)
+    assert score("r1s-stage2", "q", resp, ["Paris"], paper).reward == pytest.approx(-4 / 3)
 
 
 # --- errors and batch ------------------------------------------------------------------------------------------
 
 
 def test_unknown_preset() -> None:
-    assert PRESETS == ("r1s-stage1", "r1s-stage2")
+    assert list(PRESETS) == ["r1s-stage1", "r1s-stage2", "research", "search-r1-em", "search-r1-format"]
     with pytest.raises(ValueError, match="preset"):
         score("r1s-stage3", "q", GOOD_SEARCH, ["Paris"])
     with pytest.raises(ValueError, match="preset"):
         score_batch("search-r1", [])
+    with pytest.raises(ValueError, match="r1s_bool_mapping"):
+        RuleOptions(r1s_bool_mapping="loose")  # type: ignore[arg-type]
 
 
 def test_empty_golden_answers() -> None:
