@@ -1,117 +1,80 @@
-"""The retriever as a domain object: load or build the index for a config, validate and answer searches.
+"""The retriever as a domain object: validate a search, then answer it through the batcher.
 
-`open_retriever(cfg)` returns a `Retriever` whose `search(queries, top_k)` is what the gRPC servicer and the
-in-process tools (eval, naive RAG) call. Validation errors are `InvalidArgument`s naming the request field.
+`open_retriever(cfg)` opens the configured back end (backend.py) behind a `Batcher` and returns a `Retriever`
+whose `search(queries, top_k)` is what the gRPC servicer, the HTTP APIs and the in-process tools (eval, naive
+RAG) call. Validation errors are `InvalidArgument`s naming the caller's request field; a request is validated
+before it joins a batch, so a bad one never fails the others.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-from pathlib import Path
-
-from prometheus_client import Counter, Histogram
+from concurrent.futures import TimeoutError as FutureTimeout
 
 from searchrl.config import Config
 from searchrl.grpcutil import InvalidArgument
-from searchrl.models import resolve_embedder
-from searchrl_retriever.corpus import Passage, load_corpus
-from searchrl_retriever.index import DenseIndex, Embedder, IndexKey
-
-log = logging.getLogger(__name__)
-
-QUERIES = Counter("searchrl_retriever_queries_total", "Queries answered")
-SEARCH_SECONDS = Histogram("searchrl_retriever_search_seconds", "Embed+search time per request", ["stage"])
-
-
-def index_dir(cfg: Config) -> Path:
-    return Path(cfg.retriever.index_dir or Path(cfg.run.run_dir) / "index")
-
-
-def device_for(cfg: Config) -> str:
-    if cfg.retriever.device != "auto":
-        return cfg.retriever.device
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
-
-
-def make_embedder(cfg: Config) -> Embedder:
-    rc = cfg.retriever
-    return Embedder(
-        resolve_embedder(rc.embedder),
-        rc.embedder,
-        rc.query_instruction,
-        rc.passage_prefix,
-        device=device_for(cfg),
-        batch_size=rc.embed_batch_size,
-    )
-
-
-def build_index(
-    cfg: Config, embedder: Embedder | None = None, force: bool = False, progress: bool = True
-) -> tuple[DenseIndex, Embedder]:
-    """Load the saved index when its key (embedder, passage prefix, corpus) matches, else embed the corpus and
-    save it."""
-    embedder = embedder or make_embedder(cfg)
-    passages = load_corpus(cfg.retriever.corpus)
-    d = index_dir(cfg)
-    if not force and DenseIndex.is_current(d, IndexKey.of(embedder, passages)):
-        log.info("loading index from %s", d)
-        return DenseIndex.load(d), embedder
-    t0 = time.perf_counter()
-    index = DenseIndex.build(passages, embedder, progress=progress)
-    index.save(d)
-    log.info("indexed %d passages in %.1fs -> %s", len(passages), time.perf_counter() - t0, d)
-    return index, embedder
+from searchrl_retriever.backend import Backend, Hit, open_backend
+from searchrl_retriever.batcher import Batcher
+from searchrl_retriever.metrics import QUERIES
 
 
 class Retriever:
-    """Validated batched search. Thread-safe (FAISS search and the encoder are guarded by one lock)."""
+    """Validated search through the batcher: what the gRPC servicer, the HTTP API and the in-process tools call.
+    Thread-safe; concurrent calls are coalesced by the batcher."""
 
     def __init__(
-        self, index: DenseIndex, embedder: Embedder, max_batch: int, max_top_k: int, max_query_chars: int
+        self, backend: Backend, batcher: Batcher, max_batch: int, max_top_k: int, max_query_chars: int
     ) -> None:
-        self.index = index
-        self.embedder = embedder
+        self.backend = backend
+        self.batcher = batcher
         self.max_batch = max_batch
         self.max_top_k = max_top_k
         self.max_query_chars = max_query_chars
-        self._lock = threading.Lock()
 
-    def validate(self, queries: list[str], top_k: int) -> None:
+    def validate(
+        self, queries: list[str], top_k: int, fields: tuple[str, str] = ("queries", "top_k")
+    ) -> None:
+        """InvalidArgument naming the field; `fields` are the request's names of (queries, top_k)."""
+        qf, kf = fields
         if not queries:
-            raise InvalidArgument("queries", "must hold at least one query")
+            raise InvalidArgument(qf, "must hold at least one query")
         if len(queries) > self.max_batch:
-            raise InvalidArgument("queries", f"{len(queries)} queries exceed the limit of {self.max_batch}")
+            raise InvalidArgument(qf, f"{len(queries)} queries exceed the limit of {self.max_batch}")
         for i, q in enumerate(queries):
             if not q.strip():
-                raise InvalidArgument(f"queries[{i}]", "is empty")
+                raise InvalidArgument(f"{qf}[{i}]", "is empty")
             if len(q) > self.max_query_chars:
-                raise InvalidArgument(f"queries[{i}]", f"has {len(q)} chars, limit {self.max_query_chars}")
+                raise InvalidArgument(f"{qf}[{i}]", f"has {len(q)} chars, limit {self.max_query_chars}")
         if not 1 <= top_k <= self.max_top_k:
-            raise InvalidArgument("top_k", f"must be in [1, {self.max_top_k}], got {top_k}")
+            raise InvalidArgument(kf, f"must be in [1, {self.max_top_k}], got {top_k}")
 
-    def search(self, queries: list[str], top_k: int) -> list[list[tuple[Passage, float]]]:
-        self.validate(queries, top_k)
-        with self._lock:
-            t0 = time.perf_counter()
-            vecs = self.embedder.encode_queries(queries)
-            t1 = time.perf_counter()
-            hits = self.index.search(vecs, top_k)
-            t2 = time.perf_counter()
-        SEARCH_SECONDS.labels("embed").observe(t1 - t0)
-        SEARCH_SECONDS.labels("faiss").observe(t2 - t1)
-        QUERIES.inc(len(queries))
-        return hits
+    def search(
+        self,
+        queries: list[str],
+        top_k: int,
+        timeout: float | None = None,
+        api: str = "local",
+        fields: tuple[str, str] = ("queries", "top_k"),
+    ) -> list[list[Hit]]:
+        """Rows of hits, best first, one per query. Validated first (InvalidArgument naming `fields`, the caller's
+        names of queries and top_k), so a bad request never joins a batch; TimeoutError when not answered within
+        `timeout` seconds."""
+        self.validate(queries, top_k, fields)
+        future = self.batcher.submit(queries, top_k)
+        try:
+            rows = future.result(timeout=timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise TimeoutError(f"no answer within {timeout:.1f}s") from None
+        QUERIES.labels(api).inc(len(queries))
+        return rows
+
+    def close(self) -> None:
+        self.batcher.close()
 
 
 def open_retriever(cfg: Config, progress: bool = False) -> Retriever:
-    index, embedder = build_index(cfg, progress=progress)
-    index.to_device(cfg.retriever.device)
     rc = cfg.retriever
-    return Retriever(index, embedder, rc.max_batch, rc.max_top_k, rc.max_query_chars)
+    backend = open_backend(cfg, progress)
+    b = rc.batching
+    batcher = Batcher(backend, b.max_queries, b.max_wait_ms / 1000, b.threads)
+    return Retriever(backend, batcher, rc.max_batch, rc.max_top_k, rc.max_query_chars)

@@ -1,0 +1,103 @@
+"""The dynamic batcher over the real dense back end (tiny world, MiniLM): concurrent requests are coalesced
+into one `search_batch`, each gets exactly what it would get alone (its own k), and a failing batch fails only
+the requests that fail alone. Batches are forced deterministically: a long max wait and a max batch equal to
+the queries submitted, so the batch closes when the last request arrives, never on a timer."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from searchrl.grpcutil import InvalidArgument
+from searchrl_retriever.backend import DenseBackend, Hit, build_dense
+from searchrl_retriever.batcher import Batcher, BatcherClosed
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory):
+    from tests.conftest import tiny_config_at
+
+    index, embedder = build_dense(tiny_config_at(tmp_path_factory.mktemp("run")), progress=False)
+    return DenseBackend(index, embedder)
+
+
+class Recording:
+    """The dense back end, recording each batch it is given and refusing queries that contain `poison`."""
+
+    def __init__(self, inner: DenseBackend, poison: str = "\0") -> None:
+        self.inner, self.poison = inner, poison
+        self.fingerprint = inner.fingerprint
+        self.batches: list[tuple[list[str], int]] = []
+        self.lock = threading.Lock()
+
+    def info(self):
+        return self.inner.info()
+
+    def search_batch(self, queries: list[str], k: int) -> list[list[Hit]]:
+        with self.lock:
+            self.batches.append((list(queries), k))
+        for i, q in enumerate(queries):
+            if self.poison in q:
+                raise InvalidArgument(f"queries[{i}]", "poisoned")
+        return self.inner.search_batch(queries, k)
+
+
+REQUESTS = [(["Saldane Press founder"], 1), (["Lake Venn city", "Ostravel"], 3), (["Tirabel"], 2)]
+
+
+def _ids(rows: list[list[Hit]]) -> list[list[str]]:
+    return [[h.passage.id for h in row] for row in rows]
+
+
+def test_concurrent_requests_become_one_batch_and_each_gets_its_own_k(dense):
+    backend = Recording(dense)
+    batcher = Batcher(backend, max_queries=sum(len(q) for q, _ in REQUESTS), max_wait_s=60.0)
+    try:
+        futures = [batcher.submit(q, k) for q, k in REQUESTS]
+        results = [f.result(timeout=60) for f in futures]
+    finally:
+        batcher.close()
+    assert backend.batches == [(["Saldane Press founder", "Lake Venn city", "Ostravel", "Tirabel"], 3)]
+    for (queries, k), got in zip(REQUESTS, results, strict=True):
+        assert _ids(got) == _ids(dense.search_batch(queries, k))
+        assert all(len(row) == k for row in got)
+
+
+def test_a_full_batch_leaves_the_rest_for_the_next_one(dense):
+    backend = Recording(dense)
+    batcher = Batcher(backend, max_queries=2, max_wait_s=60.0)
+    try:
+        futures = [batcher.submit(q, k) for q, k in REQUESTS]  # 1 + 2 + 1 queries: [1], [2], [1]
+        with pytest.raises(TimeoutError):
+            futures[2].result(timeout=0.5)  # alone and not full: waits for company until max wait
+        batcher.submit(["Dasko"], 1).result(timeout=60)
+    finally:
+        batcher.close()
+    assert [len(q) for q, _ in backend.batches] == [1, 2, 2]
+
+
+def test_a_failing_batch_fails_only_the_requests_that_fail_alone(dense):
+    backend = Recording(dense, poison="boom")
+    batcher = Batcher(backend, max_queries=4, max_wait_s=60.0)
+    try:
+        good = batcher.submit(["Saldane Press founder"], 2)
+        bad = batcher.submit(["Tirabel", "boom"], 2)
+        other = batcher.submit(["Lake Venn city"], 1)
+        with pytest.raises(InvalidArgument) as e:
+            bad.result(timeout=60)
+        assert e.value.field == "queries[1]"  # as if it had been searched alone
+        assert _ids(good.result(timeout=60)) == _ids(dense.search_batch(["Saldane Press founder"], 2))
+        assert _ids(other.result(timeout=60)) == _ids(dense.search_batch(["Lake Venn city"], 1))
+    finally:
+        batcher.close()
+    assert [len(q) for q, _ in backend.batches] == [4, 1, 2, 1]  # the batch, then each request alone
+
+
+def test_close_answers_what_is_queued_then_refuses(dense):
+    batcher = Batcher(Recording(dense), max_queries=8, max_wait_s=60.0)
+    waiting = batcher.submit(["Tirabel"], 1)
+    batcher.close()  # does not wait out max_wait: the queue is flushed at once
+    assert _ids(waiting.result(timeout=60)) == _ids(dense.search_batch(["Tirabel"], 1))
+    with pytest.raises(BatcherClosed):
+        batcher.submit(["Tirabel"], 1)
