@@ -201,6 +201,16 @@ def chart_schema() -> dict[str, Any]:
                             "labels": {"type": "object", "additionalProperties": STR},
                         }
                     ),
+                    "prometheusRule": closed(
+                        {"enabled": BOOL, "labels": {"type": "object", "additionalProperties": STR}}
+                    ),
+                    "grafanaDashboard": closed(
+                        {
+                            "enabled": BOOL,
+                            "labels": {"type": "object", "additionalProperties": STR},
+                            "annotations": {"type": "object", "additionalProperties": STR},
+                        }
+                    ),
                 }
             ),
             "networkPolicy": closed(

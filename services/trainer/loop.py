@@ -58,6 +58,12 @@ FAILED_STEPS = Counter(
 )
 VERSION = Gauge("searchrl_trainer_policy_version", "Current policy version")
 REWARD = Gauge("searchrl_trainer_reward_mean", "Mean reward of the last step")
+STEP_METRIC = Gauge(
+    "searchrl_trainer_step_metric",
+    "Every numeric value of the last step's metrics.jsonl line, by key (reward_mean, num_searches_mean, "
+    "valid_query_rate, entropy_est, staleness_mean, generate_s, ...)",
+    ["metric"],
+)
 WAITING = Gauge("searchrl_trainer_waiting_seconds", "Seconds the current wait for groups has lasted")
 STALLED = Gauge(
     "searchrl_trainer_stalled", "1 while the wait for groups exceeds stall_factor x the usual wait"
@@ -412,6 +418,9 @@ class TrainerLoop:
         STEPS.inc()
         m = self._metrics(trajs, step_before, stats, wait_s, train_s, publish_s)
         REWARD.set(m["reward_mean"])
+        for key, value in m.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                STEP_METRIC.labels(key).set(value)
         if self.tc.save_every and self.state.step % self.tc.save_every == 0:
             self.checkpoint()
         if self.tc.export_every and self.state.step % self.tc.export_every == 0:
@@ -448,6 +457,12 @@ class TrainerLoop:
             return float(sum(t.metrics.get(key, 0.0) for t in trajs))
 
         stage = self.tc.stages[self._stage() if self.state.step > 0 else 0].name
+        gen_tokens = [t.logprobs[t.loss_mask == 1] for t in trajs]
+        n_gen = sum(len(x) for x in gen_tokens)
+        searches = total("num_searches")
+        # An empty query ends the rollout (R1-Searcher): it is an attempted search that was not valid, as is
+        # one whose search call failed.
+        attempted = searches + sum(1.0 for t in trajs if t.finish_reason == "empty_query")
         return {
             "step": self.state.step,
             "policy_version": self.state.version,
@@ -455,6 +470,9 @@ class TrainerLoop:
             "reward_mean": mean([t.reward for t in trajs]),
             "reward_std": float(np.std([t.reward for t in trajs])),
             "num_searches_mean": mean([t.metrics.get("num_searches", 0.0) for t in trajs]),
+            "valid_query_rate": (searches - total("search_failures")) / attempted if attempted else 0.0,
+            # Monte-Carlo estimate of the behaviour policy's entropy: the mean -log p of the sampled tokens.
+            "entropy_est": float(-sum(float(x.sum()) for x in gen_tokens) / n_gen) if n_gen else 0.0,
             "response_len_mean": mean([len(t.response_ids) for t in trajs]),
             "generated_len_mean": mean([float(t.loss_mask.sum()) for t in trajs]),
             "staleness_mean": mean([step_before - self.state.step_of(t.policy_version) for t in trajs]),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from searchrl import redisio
+from searchrl import queue_metrics, redisio
 from searchrl.config import Config
 from searchrl.grpcutil import Server, StreamLimit, rpc
 from searchrl.models import resolve_model
@@ -65,6 +65,7 @@ def serve(cfg: Config, redis_url: str) -> tuple[Server, TrainerLoop]:
     store = WeightStore(cfg.trainer.weight_chunk_bytes)
     learner = Learner(cfg.trainer, model_path, cfg.run.seed)
     loop = TrainerLoop(cfg, learner, redisio.connect(redis_url), store)
+    queue_metrics.register(loop.r, cfg.streams)
     loop.restore()
     t = cfg.trainer
     server = Server(t.port, t.metrics_port, t.workers, cfg.security, t.health_port)

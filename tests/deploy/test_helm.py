@@ -27,7 +27,7 @@ from tests.deploy.conftest import (
 )
 
 SEARCHRL = ("retriever", "reward", "rollout", "trainer")
-CRDS = {"ServiceMonitor"}  # no schema in kubernetes-validate; checked structurally below
+CRDS = {"ServiceMonitor", "PrometheusRule"}  # no schema in kubernetes-validate; checked structurally
 
 
 def validate_all(objs: list[dict], version: str = KUBE_VERSION) -> list[str]:

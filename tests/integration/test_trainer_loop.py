@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from prometheus_client import REGISTRY
 
 from searchrl.models import resolve_model
 from searchrl.records import PromptTask, Trajectory
@@ -45,8 +46,12 @@ def test_loop_feeds_assembles_drops_dedups_commits_and_resumes(tiny_config, redi
     ):
         r.xadd("trajectories", t.encode())
     loop.state.step = loop.state.version = 2  # the policy moved on: version-0 groups are 2 steps behind
-    r.xadd("trajectories", traj(c, 0, 1, 1.0, rng).encode())
-    r.xadd("trajectories", traj(c, 1, 1, -1.0, rng).encode())
+    c0, c1 = traj(c, 0, 1, 1.0, rng), traj(c, 1, 1, -1.0, rng)
+    c0.logprobs[c0.loss_mask == 1] = -2.0  # 8 generated tokens at -log p 2; the step's other 24 at 0
+    c0.metrics["search_failures"] = 1.0  # 1 of the step's 4 searches failed
+    c1.finish_reason = "empty_query"  # an attempted search that was not valid
+    r.xadd("trajectories", c0.encode())
+    r.xadd("trajectories", c1.encode())
     r.xadd("trajectories", traj(d, 0, 2, 0.5, rng).encode())
     r.xadd("trajectories", traj(d, 1, 2, -0.5, rng).encode())
 
@@ -55,6 +60,12 @@ def test_loop_feeds_assembles_drops_dedups_commits_and_resumes(tiny_config, redi
     assert loop.state.dropped_groups == 2  # a and b were 2 steps behind (> max_staleness 1)
     assert m["step"] == 3 and m["policy_version"] == 3 and m["trajectories"] == 4
     assert m["staleness_mean"] == pytest.approx((1 + 1 + 0 + 0) / 4)
+    assert m["entropy_est"] == pytest.approx(2.0 * 8 / 32) and m["valid_query_rate"] == pytest.approx(3 / 5)
+    # the dashboard's source: every numeric value of the step's metrics line is a Prometheus gauge
+    gauges = {k: REGISTRY.get_sample_value("searchrl_trainer_step_metric", {"metric": k}) for k in m}
+    assert {k: v for k, v in gauges.items() if v is not None} == {
+        k: pytest.approx(v) for k, v in m.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
     # trained tasks left outstanding for uncommitted (save_every 1: the checkpoint acked and deleted them)
     assert set(loop.ledger.outstanding()) & {a, b, c, d} == set()
     assert r.xpending("trajectories", GROUP)["pending"] == 0 and r.xlen("trajectories") == 0
