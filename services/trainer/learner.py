@@ -2,7 +2,12 @@
 
 Contract:
 - `Learner(cfg, model_path)` initialises torch.distributed (gloo on CPU, NCCL on GPU; single process unless
-  launched by a distributed launcher) and a DeepSpeed engine with a plain torch AdamW (no FusedAdam JIT build).
+  RANK/WORLD_SIZE say otherwise, as set by `dist.py`) and a DeepSpeed engine with a plain torch AdamW (no
+  FusedAdam JIT build); with `trainer.lora_rank` the model is wrapped in LoRA adapters first (`lora.py`).
+- Data parallel: every rank calls `train_step` with the WHOLE batch; the rows are dealt out by length, each rank
+  trains its share, and advantages (group baselines, batch whitening) and token-mean weights are computed over
+  the whole batch, so N ranks compute the update of one rank up to float summation order. Collective calls
+  (`train_step`, `save`, `load`, a ZeRO-3 `state_dict_for_export`) must be made by every rank in the same order.
 - `train_step(trajectories)` takes complete groups in order (group_size consecutive rows per prompt), computes
   advantages (`algos`), runs one pass of masked PPO-clip over micro-batches with one optimizer step at the end,
   and returns scalar stats. "Old" log-probs are the learner's own for the pre-update weights (as the seeds
@@ -11,7 +16,9 @@ Contract:
 - A step that fails (an exception, or a non-finite loss or gradient norm) raises `StepFailed`: with
   `applied=False` nothing reached the weights (accumulated gradients are discarded); with `applied=True` the
   optimizer had already stepped and the caller must reload a checkpoint. The optimizer-step boundary is set per
-  call, so batches of any size step exactly once.
+  call, so batches of any size step exactly once. With several ranks only failures every rank sees alike (a
+  non-finite loss on any rank, a non-finite gradient norm) become `StepFailed`; any other exception propagates:
+  the ranks cannot agree to skip a step, so the service dies and resumes from its checkpoint.
 - `state_dict_for_export()` returns full weights (gathered under ZeRO-3) for publishing to rollout workers.
 - `save(dir, tag, client_state)` / `load(dir)` wrap DeepSpeed checkpoints (model + optimizer + client state).
 The learner knows nothing about Redis, gRPC or prompts.
@@ -76,10 +83,17 @@ class Batch:
             P - cut,
         )
 
-    def micro_batches(self, size: int) -> list[torch.Tensor]:
-        """Row indices in micro-batches of `size`, rows of similar total length together (less padding)."""
-        order = torch.argsort(self.attention_mask.sum(1), stable=True)
+    def micro_batches(self, size: int, rows: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Row indices (of `rows`, default all) in micro-batches of `size`, rows of similar total length
+        together (less padding)."""
+        rows = torch.arange(self.rewards.numel()) if rows is None else rows
+        order = rows[torch.argsort(self.attention_mask[rows].sum(1), stable=True)]
         return list(order.split(size))
+
+    def shard(self, rank: int, world_size: int) -> torch.Tensor:
+        """The rows rank `rank` of `world_size` trains: dealt out in order of length, so every rank gets the
+        same number of rows (the batch divides evenly) and a similar number of tokens."""
+        return torch.argsort(self.attention_mask.sum(1), stable=True)[rank::world_size]
 
 
 def collate(trajs: list[Trajectory], pad_id: int) -> Batch:
@@ -113,8 +127,10 @@ def collate(trajs: list[Trajectory], pad_id: int) -> Batch:
     )
 
 
-def init_distributed(backend: str) -> str:
+def init_distributed(backend: str, timeout_s: float = 1800.0) -> str:
     """Single-process defaults for torch.distributed env vars, then deepspeed.init_distributed."""
+    from datetime import timedelta
+
     import deepspeed
 
     for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
@@ -122,8 +138,10 @@ def init_distributed(backend: str) -> str:
     os.environ.setdefault("MASTER_PORT", str(free_port()))
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend)
+        deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s), verbose=False)
     return backend
 
 
@@ -151,8 +169,9 @@ class Learner:
 
         self.cfg = cfg
         self.model_path = model_path
-        self.backend = init_distributed(cfg.dist_backend)
-        self.device = torch.device(get_accelerator().device_name())
+        self.backend = init_distributed(cfg.dist_backend, cfg.dist_timeout_s)
+        self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        self.device = torch.device(get_accelerator().device_name(int(os.environ.get("LOCAL_RANK", "0"))))
         torch.manual_seed(seed)
         if cfg.cpu_threads and self.device.type == "cpu":
             torch.set_num_threads(cfg.cpu_threads)
@@ -166,13 +185,13 @@ class Learner:
         if cfg.kl_coef > 0:
             self.ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(self.device)
             self.ref.eval().requires_grad_(False)
-        B = cfg.groups_per_step * cfg.group_size
-        self.micro = min(cfg.micro_batch_size, B)
-        self.gas = math.ceil(B / self.micro)
+        rows = cfg.groups_per_step * cfg.group_size // self.world_size  # per rank (config checks it divides)
+        self.micro = min(cfg.micro_batch_size, rows)
+        self.gas = math.ceil(rows / self.micro)
         ds_config = {
             "train_micro_batch_size_per_gpu": self.micro,
             "gradient_accumulation_steps": self.gas,
-            "train_batch_size": self.micro * self.gas * int(os.environ.get("WORLD_SIZE", "1")),
+            "train_batch_size": self.micro * self.gas * self.world_size,
             "gradient_clipping": cfg.grad_clip,
             "zero_optimization": {"stage": cfg.zero_stage},
             "bf16": {"enabled": cfg.bf16},
@@ -205,13 +224,20 @@ class Learner:
         return out.logits[:, :R].float()
 
     @torch.no_grad()
-    def _logprobs(self, model: torch.nn.Module, b: Batch) -> torch.Tensor:
+    def _logprobs(self, model: torch.nn.Module, b: Batch, own: torch.Tensor) -> torch.Tensor:
+        """Response log-probs of the whole batch, [B, R]: each rank computes its rows `own`, a sum over the
+        ranks fills in the rest (every row is some rank's)."""
         out = torch.zeros(b.response_ids.shape, dtype=torch.float32, device=self.device)
-        for idx in b.micro_batches(self.micro):
+        for idx in b.micro_batches(self.micro, own):
             mb = b.rows(idx)
             lp = algos.token_logprobs(self._response_logits(model, mb), mb.response_ids.to(self.device))
             out[idx.to(self.device), : lp.shape[1]] = lp
-        return out
+        return self._sum(out)
+
+    def _sum(self, x: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            torch.distributed.all_reduce(x)
+        return x
 
     # ---- the update -----------------------------------------------------------------------------------------
 
@@ -222,6 +248,8 @@ class Learner:
         except StepFailed:
             raise
         except Exception as e:  # noqa: BLE001 - e.g. an out-of-memory batch: the run must go on without it
+            if self.world_size > 1:  # the other ranks are stuck in a collective: only a restart helps
+                raise
             self.discard_gradients()
             raise StepFailed(f"{type(e).__name__}: {e}", applied=False) from e
         if not math.isfinite(stats["grad_norm"]):
@@ -238,17 +266,20 @@ class Learner:
     def _train_step(self, trajs: list[Trajectory]) -> dict[str, float]:
         cfg = self.cfg
         n = trajs[0].group_size
+        if len(trajs) % self.world_size:
+            raise StepFailed(f"{len(trajs)} rows do not split over {self.world_size} ranks", applied=False)
         b = collate(trajs, self.pad_id)
+        own = b.shard(self.rank, self.world_size)
         mask = b.mask.to(self.device)
         behaviour = b.behaviour_logprobs.to(self.device)
         t0 = time.perf_counter()
         self.engine.eval()
-        ref_logp = self._logprobs(self.ref, b) if self.ref is not None else None
+        ref_logp = self._logprobs(self.ref, b, own) if self.ref is not None else None
         # One pass over the batch with the optimizer stepping only at its end (gradient accumulation), so the
         # learner's pre-update ("old") log-probs are exactly the training forward's own, detached. A separate
         # no-grad pass is needed only when the advantages depend on them (Reinforce++ with a KL reward).
         kl_reward = cfg.algo == "reinforce_pp" and ref_logp is not None and cfg.kl_coef > 0
-        logp_old_all = self._logprobs(self.engine, b) if kl_reward else None
+        logp_old_all = self._logprobs(self.engine, b, own) if kl_reward else None
         rewards = b.rewards.to(self.device)
         if cfg.algo == "grpo":
             adv = algos.grpo_advantages(rewards, n, mask)
@@ -257,10 +288,10 @@ class Learner:
         prep_s = time.perf_counter() - t0
 
         self.engine.train()
-        total_tokens = max(mask.sum().item(), 1.0)
+        total_tokens = max(mask.sum().item(), 1.0)  # of the whole batch: the loss is one token-mean over it
         sums: dict[str, float] = {"logprob_mismatch": 0.0}
         # one PPO epoch over the batch (R1-Searcher / ReSearch)
-        parts = b.micro_batches(self.micro)
+        parts = b.micro_batches(self.micro, own)
         for k, idx in enumerate(parts):
             mb = b.rows(idx)
             r = mb.response_ids.shape[1]
@@ -287,18 +318,22 @@ class Learner:
                 behaviour_cap=cfg.behaviour_weight_cap,
             )
             stats["logprob_mismatch"] = algos.masked_mean((logp_old - mb_behaviour).abs(), mb_mask).item()
-            # token-mean over the whole batch: weight each micro-batch by its token share (DeepSpeed divides
-            # the accumulated gradient by gas).
+            # token-mean over the whole batch: weight each micro-batch by its token share; DeepSpeed divides
+            # the accumulated gradient by gas and averages it over the ranks, hence the two factors.
             share = mb_mask.sum().item() / total_tokens
-            if not torch.isfinite(loss):
-                self.discard_gradients()
+            if self._sum(torch.tensor(float(not torch.isfinite(loss)), device=self.device)).item():
+                self.discard_gradients()  # on every rank alike: one rank's NaN fails the step everywhere
                 raise StepFailed(f"non-finite loss in micro-batch {k}", applied=False)
             # the optimizer steps once, after the last micro-batch, whatever the batch size (finding 10)
             self.engine.set_gradient_accumulation_boundary(k == len(parts) - 1)
-            self.engine.backward(loss * share * self.gas)
+            self.engine.backward(loss * share * self.gas * self.world_size)
             self.engine.step()
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + v * share
+            for name, v in stats.items():
+                sums[name] = sums.get(name, 0.0) + v * share
+        if self.world_size > 1:  # each rank summed its own rows' shares: add them up
+            keys = sorted(sums)
+            total = self._sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device))
+            sums = dict(zip(keys, total.tolist(), strict=True))
         out = {f"loss/{k}": v for k, v in sums.items() if k != "logprob_mismatch"}
         out.update(
             {
