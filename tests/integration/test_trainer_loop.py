@@ -4,6 +4,7 @@ dedup by ledger, reclaiming a dead consumer's entries, the commit transaction, c
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,11 @@ def test_loop_feeds_assembles_drops_dedups_commits_and_resumes(tiny_config, redi
     assert {k: v for k, v in gauges.items() if v is not None} == {
         k: pytest.approx(v) for k, v in m.items() if isinstance(v, int | float) and not isinstance(v, bool)
     }
+    dashboards = Path(__file__).parents[2] / "deploy" / "helm" / "searchrl" / "dashboards"
+    used = {k for f in dashboards.iterdir() for k in re.findall(r'metric=\\?"(\w+)', f.read_text())}
+    assert used and used <= set(gauges), (
+        f"the dashboard selects step metrics no step exports: {used - set(gauges)}"
+    )
     # trained tasks left outstanding for uncommitted (save_every 1: the checkpoint acked and deleted them)
     assert set(loop.ledger.outstanding()) & {a, b, c, d} == set()
     assert r.xpending("trajectories", GROUP)["pending"] == 0 and r.xlen("trajectories") == 0
