@@ -1,4 +1,4 @@
-"""Advantages, KL penalties and policy losses for Reinforce++ (R1-Searcher) and GRPO (ReSearch).
+"""Advantages, KL penalties and policy losses for Reinforce++ (R1-Searcher), GRPO (ReSearch) and RLOO.
 
 Contract:
 - Pure tensor functions: no I/O, no distributed calls, no model objects, no optimiser state.
@@ -23,7 +23,9 @@ from typing import Literal
 
 import torch
 
-Algo = Literal["reinforce_pp", "grpo"]
+Algo = Literal["reinforce_pp", "grpo", "rloo"]
+# Estimators whose KL to the reference is a k3 loss term (verl use_kl_loss) rather than a per-token reward.
+_KL_LOSS_ALGOS = ("grpo", "rloo")
 KLKind = Literal["k1", "k3"]
 
 # exp() of a log-ratio beyond this is treated as saturated; verl clamps the log-ratio to +-20 before exp in
@@ -143,6 +145,42 @@ def grpo_advantages(
     mask_f = (mask != 0).float()
     adv = group_baseline(rewards, group_size, scale_by_std=True, eps=eps).to(mask_f.device)
     return adv.unsqueeze(1) * mask_f
+
+
+@torch.no_grad()
+def rloo_advantages(rewards: torch.Tensor, group_size: int, mask: torch.Tensor) -> torch.Tensor:
+    """RLOO outcome advantage on every mask == 1 token: r_i minus the mean of the OTHER rewards of its group.
+
+    A_i = r_i - sum_{j != i} r_j / (n - 1) = n / (n - 1) * (r_i - group mean), as verl's
+    compute_rloo_outcome_advantage and TRL's RLOO baseline (Ahmadian et al. 2024), with no std scaling and no
+    batch whitening. A lone sample (n = 1) keeps its raw reward, as in verl. The KL is a loss term
+    (`compute_loss`), as verl with use_kl_loss; TRL's variant that folds it into the reward is not offered.
+    """
+    mask_f = (mask != 0).float()
+    adv = group_baseline(rewards, group_size, scale_by_std=False)
+    if group_size > 1:
+        adv = adv * (group_size / (group_size - 1))
+    return adv.to(mask_f.device).unsqueeze(1) * mask_f
+
+
+def advantages(
+    algo: Algo,
+    rewards: torch.Tensor,
+    group_size: int,
+    mask: torch.Tensor,
+    logp_old: torch.Tensor | None,
+    ref_logp: torch.Tensor | None,
+    kl_coef: float,
+) -> torch.Tensor:
+    """Token advantages [B, T] of the estimator `algo` (trainer.algo); `logp_old`, `ref_logp` and `kl_coef`
+    feed Reinforce++'s per-token KL reward only."""
+    if algo == "grpo":
+        return grpo_advantages(rewards, group_size, mask)
+    if algo == "rloo":
+        return rloo_advantages(rewards, group_size, mask)
+    if algo == "reinforce_pp":
+        return reinforce_pp_advantages(rewards, group_size, mask, logp_old, ref_logp, kl_coef)
+    raise ValueError(f"unknown algo {algo!r}; expected 'reinforce_pp', 'grpo' or 'rloo'")
 
 
 def truncated_is_weights(
@@ -271,17 +309,18 @@ def compute_loss(
     logp_behaviour: torch.Tensor | None = None,
     behaviour_cap: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Total loss for one batch: PPO surrogate + KL loss term (grpo only) - entropy bonus.
+    """Total loss for one batch: PPO surrogate + KL loss term (grpo, rloo) - entropy bonus.
 
     With `logp_behaviour` the surrogate is decoupled PPO (`decoupled_policy_loss`, `logp_old` as the proximal
     policy) instead of plain PPO-clip.
 
-    grpo (ReSearch): adds kl_coef * masked_mean(k3(logp, ref_logp)) when kl_coef > 0 and ref_logp is given.
+    grpo (ReSearch) and rloo: add kl_coef * masked_mean(k3(logp, ref_logp)) when kl_coef > 0 and ref_logp is
+    given.
     reinforce_pp (R1-Searcher): the KL is already inside the advantages as a per-token reward, so no loss
-    term. Both subtract entropy_coef * masked_mean(entropy) when entropy_coef > 0 and entropy is given.
+    term. All subtract entropy_coef * masked_mean(entropy) when entropy_coef > 0 and entropy is given.
     """
-    if algo not in ("reinforce_pp", "grpo"):
-        raise ValueError(f"unknown algo {algo!r}; expected 'reinforce_pp' or 'grpo'")
+    if algo not in ("reinforce_pp", *_KL_LOSS_ALGOS):
+        raise ValueError(f"unknown algo {algo!r}; expected 'reinforce_pp', 'grpo' or 'rloo'")
     if logp_behaviour is not None:
         loss, stats = decoupled_policy_loss(
             logp, logp_old, logp_behaviour, advantages, mask, clip_eps, behaviour_cap
@@ -290,7 +329,7 @@ def compute_loss(
         loss, stats = policy_loss(logp, logp_old, advantages, mask, clip_eps, tis_weights)
     if ref_logp is not None:
         ref_logp = ref_logp.detach()
-        if algo == "grpo" and kl_coef > 0:
+        if algo in _KL_LOSS_ALGOS and kl_coef > 0:
             kl = masked_mean(kl_penalty(logp, ref_logp, "k3"), mask)
             loss = loss + kl_coef * kl
             stats["kl_loss"] = kl.item()

@@ -281,10 +281,7 @@ class Learner:
         kl_reward = cfg.algo == "reinforce_pp" and ref_logp is not None and cfg.kl_coef > 0
         logp_old_all = self._logprobs(self.engine, b, own) if kl_reward else None
         rewards = b.rewards.to(self.device)
-        if cfg.algo == "grpo":
-            adv = algos.grpo_advantages(rewards, n, mask)
-        else:
-            adv = algos.reinforce_pp_advantages(rewards, n, mask, logp_old_all, ref_logp, cfg.kl_coef)
+        adv = algos.advantages(cfg.algo, rewards, n, mask, logp_old_all, ref_logp, cfg.kl_coef)
         prep_s = time.perf_counter() - t0
 
         self.engine.train()

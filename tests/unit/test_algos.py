@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from searchrl_trainer import algos
 
@@ -151,6 +153,55 @@ def test_grpo_advantages_broadcast_on_mask():
     close(algos.grpo_advantages(rewards, 4, mask), expected)
 
 
+def test_rloo_leave_one_out_baseline():
+    # A_i = r_i - mean_{j != i} r_j (verl compute_rloo_outcome_advantage; TRL RLOO's baseline).
+    # group [1, 0, 0, 1]: r0 = 1 - (0 + 0 + 1)/3 = 2/3; r1 = 0 - (1 + 0 + 1)/3 = -2/3; r2 = -2/3; r3 = 2/3
+    # group [3, 1]: 3 - 1 = 2, 1 - 3 = -2
+    mask4 = t([1, 0, 1], [1, 1, 0], [1, 0, 0], [0, 1, 1])
+    b = 2 / 3
+    expected = [[b, 0, b], [-b, -b, 0], [-b, 0, 0], [0, b, b]]
+    close(algos.rloo_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), 4, mask4), expected)
+    close(algos.rloo_advantages(torch.tensor([3.0, 1.0]), 2, torch.ones(2, 2)), [[2, 2], [-2, -2]])
+    # a lone sample keeps its raw reward (verl: no other sample, baseline 0)
+    close(algos.rloo_advantages(torch.tensor([5.0, -1.0]), 1, torch.ones(2, 1)), [[5], [-1]])
+    # a document token (mask 0) gets nothing
+    close(algos.rloo_advantages(torch.tensor([2.0, 0.0]), 2, t([1, 0], [0, 1])), [[2, 0], [0, -2]])
+
+
+@given(
+    st.integers(min_value=2, max_value=6).flatmap(
+        lambda n: st.tuples(
+            st.just(n),
+            st.lists(st.floats(-10, 10, allow_nan=False), min_size=n, max_size=3 * n).map(
+                lambda xs, n=n: xs[: len(xs) // n * n]
+            ),
+        )
+    )
+)
+def test_rloo_is_the_rescaled_group_mean_baseline(case):
+    # r_i - mean_{j!=i} r_j = n/(n-1) * (r_i - mean_j r_j): RLOO is the unscaled group baseline times n/(n-1),
+    # and each group's advantages sum to 0.
+    n, xs = case
+    rewards = torch.tensor(xs, dtype=torch.float64)
+    adv = algos.rloo_advantages(rewards, n, torch.ones(len(xs), 1, dtype=torch.float64))[:, 0]
+    centered = algos.group_baseline(rewards, n, scale_by_std=False).double()
+    close(adv.double(), centered * n / (n - 1), atol=1e-4)
+    close(adv.view(-1, n).sum(dim=1).double(), torch.zeros(len(xs) // n, dtype=torch.float64), atol=1e-4)
+
+
+def test_advantages_dispatch_on_the_configured_algo():
+    rewards, mask = torch.tensor([3.0, 1.0]), torch.ones(2, 1)
+    zeros = torch.zeros(2, 1)
+    close(algos.advantages("rloo", rewards, 2, mask, zeros, None, 0.0), [[2], [-2]])
+    close(
+        algos.advantages("grpo", rewards, 2, mask, zeros, None, 0.0), algos.grpo_advantages(rewards, 2, mask)
+    )
+    expected = algos.reinforce_pp_advantages(rewards, 2, mask, zeros, None, 0.0)
+    close(algos.advantages("reinforce_pp", rewards, 2, mask, zeros, None, 0.0), expected)
+    with pytest.raises(ValueError, match="unknown algo 'ppo'"):
+        algos.advantages("ppo", rewards, 2, mask, zeros, None, 0.0)  # type: ignore[arg-type]
+
+
 # --- policy loss ---------------------------------------------------------------------------------------------
 
 
@@ -250,6 +301,16 @@ def test_compute_loss_grpo_kl_and_entropy():
     loss.backward()
     # d pg / d logp = -A / 2 = [-0.5, 0, 0.5]; d k3 / d logp = 1 - exp(ref - logp) = 0.5 -> 0.1 * 0.5 / 2 = 0.025
     close(logp.grad, [[-0.475, 0.0, 0.525]])
+
+
+def test_compute_loss_rloo_takes_the_kl_as_a_loss_term_like_grpo():
+    logp, logp_old, adv, mask, ref, entropy = _loss_inputs()
+    loss, stats = algos.compute_loss("rloo", logp, logp_old, adv, mask, 0.2, 0.1, ref, entropy, 0.01)
+    # as grpo: pg 0 + 0.1 * k3 - 0.01 * 2
+    close(loss, 0.1 * (0.5 + LN2 - 1.0) - 0.02)
+    assert "kl_loss" in stats
+    with pytest.raises(ValueError, match="unknown algo 'ppo'"):
+        algos.compute_loss("ppo", logp, logp_old, adv, mask, 0.2, 0.1, ref)  # type: ignore[arg-type]
 
 
 def test_compute_loss_reinforce_pp_has_no_kl_term():
