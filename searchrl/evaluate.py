@@ -1,5 +1,5 @@
-"""`searchrl eval`: greedy evaluation of a model on R1-Searcher-format questions in three modes (the seeds'
-baselines):
+"""`searchrl eval`: greedy evaluation of a model on questions (any format `load_qa` reads) in three modes (the
+seeds' baselines):
 
 - `no-retrieval`: the question alone; answer inside <answer></answer> (naive generation);
 - `naive-rag`: the top-k passages for the question itself placed in the prompt (standard RAG);
@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from searchrl.protocol import Document, Example, Protocol
+from searchrl_reward.research_rules import boxed_answer
 from searchrl_reward.rules import cover_exact_match, exact_match, extract_answer, f1_score
 from searchrl_rollout.engine import Engine
 from searchrl_rollout.search_loop import LoopLimits, Sample, build_prompt_ids, run_search_loop
@@ -55,6 +56,15 @@ def spread(items: list, limit: int | None) -> list:
     if not limit or limit >= len(items):
         return list(items)
     return [items[i * len(items) // limit] for i in range(limit)]
+
+
+def predicted_answer(protocol: Protocol, response: str) -> str | None:
+    """The answer in `response`: the text of its last answer tags; where the protocol boxes answers (ReSearch),
+    the `\\boxed{}` content in there (the whole answer text when it has no box)."""
+    pred = extract_answer(response)
+    if pred is not None and "\\boxed" in protocol.answer_format:
+        return boxed_answer(pred) or pred
+    return pred
 
 
 def _question_for(
@@ -105,7 +115,7 @@ def evaluate(
     out = []
     for it, s in zip(items, samples, strict=True):
         text = tokenizer.decode(s.response_ids, skip_special_tokens=False)
-        pred = extract_answer(text)
+        pred = predicted_answer(protocol, text)
         own = tokenizer.decode(
             [t for t, m in zip(s.response_ids, s.loss_mask, strict=True) if m], skip_special_tokens=False
         )
