@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from searchrl.proto import common_pb2 as searchrl_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esearchrl/proto/retriever.proto\x12\x0bsearchrl.v1\x1a\x1bsearchrl/proto/common.proto\"/\n\rSearchRequest\x12\x0f\n\x07queries\x18\x01 \x03(\t\x12\r\n\x05top_k\x18\x02 \x01(\x05\"5\n\x0bQueryResult\x12&\n\x08passages\x18\x01 \x03(\x0b\x32\x14.searchrl.v1.Passage\";\n\x0eSearchResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.searchrl.v1.QueryResult\"\r\n\x0bInfoRequest\"S\n\x0cInfoResponse\x12\x14\n\x0cnum_passages\x18\x01 \x01(\x03\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\x10\n\x08\x65mbedder\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t2\x8b\x01\n\tRetriever\x12\x41\n\x06Search\x12\x1a.searchrl.v1.SearchRequest\x1a\x1b.searchrl.v1.SearchResponse\x12;\n\x04Info\x12\x18.searchrl.v1.InfoRequest\x1a\x19.searchrl.v1.InfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esearchrl/proto/retriever.proto\x12\x0bsearchrl.v1\x1a\x1bsearchrl/proto/common.proto\"/\n\rSearchRequest\x12\x0f\n\x07queries\x18\x01 \x03(\t\x12\r\n\x05top_k\x18\x02 \x01(\x05\"5\n\x0bQueryResult\x12&\n\x08passages\x18\x01 \x03(\x0b\x32\x14.searchrl.v1.Passage\"{\n\x0eSearchResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.searchrl.v1.QueryResult\x12\x0f\n\x07partial\x18\x02 \x01(\x08\x12-\n\x0cshard_errors\x18\x03 \x03(\x0b\x32\x17.searchrl.v1.ShardError\"K\n\nShardError\x12\r\n\x05shard\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\r\n\x0bInfoRequest\"S\n\x0cInfoResponse\x12\x14\n\x0cnum_passages\x18\x01 \x01(\x03\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\x10\n\x08\x65mbedder\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t2\x8b\x01\n\tRetriever\x12\x41\n\x06Search\x12\x1a.searchrl.v1.SearchRequest\x1a\x1b.searchrl.v1.SearchResponse\x12;\n\x04Info\x12\x18.searchrl.v1.InfoRequest\x1a\x19.searchrl.v1.InfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,11 +37,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUERYRESULT']._serialized_start=125
   _globals['_QUERYRESULT']._serialized_end=178
   _globals['_SEARCHRESPONSE']._serialized_start=180
-  _globals['_SEARCHRESPONSE']._serialized_end=239
-  _globals['_INFOREQUEST']._serialized_start=241
-  _globals['_INFOREQUEST']._serialized_end=254
-  _globals['_INFORESPONSE']._serialized_start=256
-  _globals['_INFORESPONSE']._serialized_end=339
-  _globals['_RETRIEVER']._serialized_start=342
-  _globals['_RETRIEVER']._serialized_end=481
+  _globals['_SEARCHRESPONSE']._serialized_end=303
+  _globals['_SHARDERROR']._serialized_start=305
+  _globals['_SHARDERROR']._serialized_end=380
+  _globals['_INFOREQUEST']._serialized_start=382
+  _globals['_INFOREQUEST']._serialized_end=395
+  _globals['_INFORESPONSE']._serialized_start=397
+  _globals['_INFORESPONSE']._serialized_end=480
+  _globals['_RETRIEVER']._serialized_start=483
+  _globals['_RETRIEVER']._serialized_end=622
 # @@protoc_insertion_point(module_scope)
