@@ -505,3 +505,42 @@ def test_secrets_are_required_and_stable_across_renders(rendered) -> None:
     for bad in ({"auth": {"token": "short"}}, {"redis": {"auth": {"password": "p@ss/word-0123456789"}}}):
         with pytest.raises(helm.HelmValuesError):
             render(values=with_secrets(bad))
+
+
+# ---- the GPU recipes in configs/ install through the chart ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        "r1searcher-qwen2.5-7b-base.yaml",
+        "r1searcher-llama3.1-8b-instruct.yaml",
+        "research-qwen2.5-7b-instruct.yaml",
+        "search-r1-qwen2.5-3b.yaml",
+    ],
+)
+def test_gpu_recipe_renders(recipe: str, tmp_path: Path) -> None:
+    """A recipe given as `config:` (docs/rewards.md "Recipes") lints, renders valid objects, and its ConfigMap
+    loads with load_config and keeps every value the recipe sets."""
+    config = yaml.safe_load((CHART.parents[2] / "configs" / recipe).read_text())
+    values = with_secrets(
+        {
+            "config": config,
+            "volumes": {
+                "models": {"existingClaim": "searchrl-models"},
+                "data": {"existingClaim": "searchrl-data"},
+            },
+            "rollout": {"gpus": 1},
+            "trainer": {"gpus": config["trainer"]["world_size"]},
+        }
+    )
+    assert lint_errors(values) == []
+    objs = render(values=values)
+    assert validate_all(objs) == []
+    path = tmp_path / "config.yaml"
+    path.write_text(one(objs, "ConfigMap", "config")["data"]["config.yaml"])
+    rendered_cfg = load_config(path).model_dump(mode="json")
+    wanted = load_config(CHART.parents[2] / "configs" / recipe).model_dump(mode="json")
+    for section, keys in config.items():
+        for key in keys:
+            assert rendered_cfg[section][key] == wanted[section][key], f"{section}.{key}"
