@@ -1,8 +1,8 @@
 """Dynamic batching: concurrent search requests coalesced into one `Backend.search_batch` call.
 
 Contract:
-- `submit(queries, k)` queues a validated request and returns a Future of its rows (one per query, at most k
-  hits each). Requests are served first come, first served.
+- `submit(queries, k)` queues a validated request and returns a Future of its `Results` (one row per query, at
+  most k hits each, and the batch's shard errors when a router answered partially). Requests are served first come, first served.
 - A batch closes when the queued requests hold `max_queries` queries or when its oldest request has waited
   `max_wait_s`, whichever comes first; a request never splits across batches and one larger than `max_queries`
   is a batch of its own. The batch is searched once with the largest k in it and each request gets its rows
@@ -24,7 +24,7 @@ from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from searchrl_retriever.backend import Backend, Hit
+from searchrl_retriever.backend import Backend, Results
 from searchrl_retriever.metrics import BATCH_QUERIES, BATCH_REQUESTS, QUEUE_WAIT
 
 log = logging.getLogger(__name__)
@@ -128,11 +128,9 @@ class Batcher:
             for r in batch:
                 self._run([r])
             return
+        errors = getattr(rows, "shard_errors", ())  # a router's missing shards concern every request in it
         start = 0
         for r in batch:
-            r.future.set_result(_trim(rows[start : start + len(r.queries)], r.k))
+            own = rows[start : start + len(r.queries)]
+            r.future.set_result(Results([row[: r.k] for row in own], errors))
             start += len(r.queries)
-
-
-def _trim(rows: list[list[Hit]], k: int) -> list[list[Hit]]:
-    return [row[:k] for row in rows]

@@ -9,7 +9,8 @@ Endpoints, payloads as the seeds' servers take and give them (DESIGN.md section 
   "score"}, ..], ..]}; contents is Search-R1's corpus form '"Title"\\ntext'.
 - ReSearch     POST /batch_search  {"query": [..], "top_n": 10, "return_score": false} -> [[{"id", "contents"}]],
   or [documents, scores] with return_score; GET /health -> {"status": "healthy", ...}.
-Errors: 422 {"detail": "<field>: <message>"} names the request's own field (bad JSON: "body"); 401 without
+A partial answer (a shard missed its deadline) is a 200 with the hits that came and the missing shards in the
+X-Searchrl-Shard-Errors header (gRPC: the searchrl-shard-errors trailer). Errors: 422 {"detail": "<field>: <message>"} names the request's own field (bad JSON: "body"); 401 without
 `Authorization: Bearer <token>` when a token is configured (every endpoint but /health, like gRPC's health);
 503 while stopping or when more than `limit` requests are open; 504 on `timeout_s`; 500 when the back end fails.
 TLS (and mTLS) follow `security` as for gRPC. Unknown request fields are ignored, as the seeds' servers do.
@@ -30,16 +31,18 @@ import anyio.to_thread
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from searchrl.config import SecurityConfig, read_token
 from searchrl.grpcutil import AUTH_FAILURES, InvalidArgument
-from searchrl_retriever.backend import Hit
+from searchrl_retriever.backend import Hit, Results
 from searchrl_retriever.batcher import BatcherClosed
-from searchrl_retriever.service import Retriever
+from searchrl_retriever.service import Retriever, describe_shard_errors
 
 log = logging.getLogger(__name__)
+
+SHARD_ERRORS_HEADER = "X-Searchrl-Shard-Errors"  # on a partial answer: the shards that did not answer
 
 _UNAUTHENTICATED = (
     "missing or wrong bearer token (header 'Authorization: Bearer <token>'; the token comes from "
@@ -106,9 +109,9 @@ def make_app(retriever: Retriever, token: str, threads: int = 40, timeout_s: flo
         field = "body" if first.get("type") == "json_invalid" else _field(tuple(first["loc"]))
         return JSONResponse({"detail": f"{field}: {first['msg']}"}, 422)
 
-    def search(queries: list[str], k: int, fields: tuple[str, str]) -> list[list[Hit]]:
+    def search(queries: list[str], k: int, fields: tuple[str, str], response: Response) -> Results:
         try:
-            return retriever.search(queries, k, timeout=timeout_s, api="http", fields=fields)
+            rows = retriever.search(queries, k, timeout=timeout_s, api="http", fields=fields)
         except InvalidArgument as e:
             raise HTTPException(422, str(e)) from None
         except TimeoutError as e:
@@ -118,23 +121,26 @@ def make_app(retriever: Retriever, token: str, threads: int = 40, timeout_s: flo
         except Exception as e:  # noqa: BLE001 - the API boundary: report, never crash the server
             log.exception("HTTP search failed")
             raise HTTPException(500, f"{type(e).__name__}: {e}") from None
+        if rows.partial:
+            response.headers[SHARD_ERRORS_HEADER] = describe_shard_errors(rows.shard_errors)
+        return rows
 
     # Plain `def` endpoints: FastAPI runs them on its worker threads, where they wait for their batch.
     @app.post("/queries")
-    def r1_searcher(body: R1SearcherRequest) -> dict[str, Any]:
-        rows = search(body.queries, body.k, ("queries", "k"))
+    def r1_searcher(body: R1SearcherRequest, response: Response) -> dict[str, Any]:
+        rows = search(body.queries, body.k, ("queries", "k"), response)
         return {"queries": body.queries, "answers": [[h.passage.as_document() for h in row] for row in rows]}
 
     @app.post("/retrieve")
-    def search_r1(body: SearchR1Request) -> dict[str, Any]:
-        rows = search(body.queries, body.topk, ("queries", "topk"))
+    def search_r1(body: SearchR1Request, response: Response) -> dict[str, Any]:
+        rows = search(body.queries, body.topk, ("queries", "topk"), response)
         if body.return_scores:
             return {"result": [[{"document": _contents(h), "score": h.score} for h in row] for row in rows]}
         return {"result": [[_contents(h) for h in row] for row in rows]}
 
     @app.post("/batch_search")
-    def research(body: ReSearchRequest) -> Any:
-        rows = search(body.query, body.top_n, ("query", "top_n"))
+    def research(body: ReSearchRequest, response: Response) -> Any:
+        rows = search(body.query, body.top_n, ("query", "top_n"), response)
         docs = [[_contents(h) for h in row] for row in rows]
         return [docs, [[h.score for h in row] for row in rows]] if body.return_score else docs
 

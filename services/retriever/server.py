@@ -11,9 +11,13 @@ from searchrl.grpcutil import RPCS_PER_WORKER, Server, rpc
 from searchrl.proto import common_pb2, retriever_pb2, retriever_pb2_grpc
 from searchrl_retriever.batcher import BatcherClosed
 from searchrl_retriever.http_api import HttpServer
-from searchrl_retriever.service import Retriever, open_retriever
+from searchrl_retriever.service import Retriever, describe_shard_errors, open_retriever
 
 log = logging.getLogger(__name__)
+
+SHARD_ERRORS_KEY = (
+    "searchrl-shard-errors"  # trailing metadata of a partial answer (a shard missed its deadline)
+)
 
 
 class RetrieverServicer(retriever_pb2_grpc.RetrieverServicer):
@@ -30,6 +34,8 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServicer):
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
         except BatcherClosed as e:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        if hits.partial:  # an OK status with the hits that came, and which shards did not answer
+            context.set_trailing_metadata(((SHARD_ERRORS_KEY, describe_shard_errors(hits.shard_errors)),))
         return retriever_pb2.SearchResponse(
             results=[
                 retriever_pb2.QueryResult(
