@@ -1,1 +1,2 @@
-"""Reward service: stateless batched scoring with the R1-Searcher rules (import name `searchrl_reward`)."""
+"""Reward service: stateless batched scoring with the seeds' reward rules (R1-Searcher, ReSearch, Search-R1;
+docs/rewards.md); import name `searchrl_reward`."""

@@ -13,9 +13,9 @@ Contract
   ``response`` as given and never prepends the prompt's ``<think>``.
 * ``golden_answers`` is a non-empty list of aliases; every metric is the maximum over the aliases (the seed
   scores a single answer string; with one alias the two agree).
-* ``score`` returns a :class:`ScoreResult`. ``em``, ``cem`` and ``f1`` are reported for every preset (0 when
-  the answer tags are missing); ``reward`` follows the preset; ``format_ok`` is the preset's own format
-  condition (see :func:`score`); ``num_searches`` counts completed non-empty queries.
+* ``score`` returns a :class:`ScoreResult`. For the R1-Searcher presets ``em``, ``cem`` and ``f1`` are reported
+  whatever the reward (0 when the answer tags are missing); ``format_ok`` is the preset's own format condition
+  (see :func:`score`); ``num_searches`` counts completed non-empty queries.
 
 What this module does not know: tokenizers, EOS handling, the prompt template, which dataset an item came from,
 gRPC. The other seeds' rules are in their own modules; only their entries in `PRESETS` are here.
