@@ -3,7 +3,7 @@
   searchrl up -c CONFIG [--steps N] [--run-dir D] [--set key=value ...]
   searchrl serve {retriever,reward,rollout,trainer} -c CONFIG [--set ...]
   searchrl retriever build-index -c CONFIG [--force]
-  searchrl demo [-c configs/demo-cpu.yaml] [--steps N] [--minutes M]
+  searchrl demo [--protocol P | -c configs/demo-cpu.yaml] [--steps N] [--minutes M]
   searchrl eval -c CONFIG --data FILE [--model PATH] [--mode M ...] [--limit N] [--out DIR]
   searchrl reward score --preset P [-c CONFIG] [--set reward.r1s_...] < in.jsonl > out.jsonl   (docs/rewards.md)
   searchrl audit --run-dir D [--json]       (every prompt task accounted for; exit 1 on a double or a loss)
@@ -59,8 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p_build)
     p_build.add_argument("--force", action="store_true", help="rebuild even if a current index exists")
 
-    p_demo = sub.add_parser("demo", help="CPU demo: evaluate, train two stages on the bundled world, report")
-    p_demo.add_argument("-c", "--config", default="configs/demo-cpu.yaml")
+    p_demo = sub.add_parser("demo", help="CPU demo: evaluate, train on the bundled world, report")
+    p_demo.add_argument(
+        "-c", "--config", help="default: configs/demo-cpu.yaml, or the --protocol's demo config"
+    )
+    p_demo.add_argument(
+        "--protocol",
+        choices=["r1searcher", "research", "search-r1"],
+        help="search protocol: picks configs/demo-cpu-<P>.yaml (r1searcher: demo-cpu.yaml) unless -c is given, "
+        "and sets rollout.protocol",
+    )
     p_demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p_demo.add_argument("--steps", type=int, help="training steps (default: the config's trainer.max_steps)")
     p_demo.add_argument("--minutes", type=float, help="training time budget (trainer.max_minutes)")
@@ -136,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
             from searchrl.cluster import run as run_cluster
 
             return run_cluster(args)
+        if args.command == "demo":
+            from searchrl.demo import demo_config_file
+
+            args.config = args.config or demo_config_file(args.protocol)
+            if args.protocol:
+                args.overrides = [f"rollout.protocol={args.protocol}", *args.overrides]
         cfg = load_config(args.config, args.overrides)
         _setup_logging(cfg.run.log_level)
         if args.command == "up":

@@ -1,8 +1,11 @@
 """`searchrl demo`: the CPU demo end to end — a real small LLM learns to search a bundled fictional world.
 
+`--protocol P` runs it under another seed's protocol (configs/demo-cpu-research.yaml, demo-cpu-search-r1.yaml:
+the prompt, worked examples, budgets, algorithm and reward preset of that seed, shrunk for 2 cores).
+
 Steps (each cached where it can be): generate the world (seeded) into `<cache>/world-seed<S>`; convert the
 model; build the retriever index; evaluate the untrained model in all three modes on held-out questions; train
-with the two-stage curriculum through `searchrl up` (stage-1 reward for the first part, then stage-2); evaluate
+with the config's stages through `searchrl up` (R1-Searcher: stage-1 reward for the first half, then stage-2); evaluate
 the exported policies (`hf/step_N`, `hf/final`); write `report.md`, `results.json` and PNG plots into the run dir.
 Evaluations run as `searchrl eval` subprocesses so each vLLM engine's memory is returned before the next starts.
 """
@@ -19,6 +22,13 @@ from searchrl.config import Config, dump_config
 from searchrl.evaluate import MODES
 from searchrl.proc import die_with_parent
 from searchrl.world import generate_world, write_world
+
+
+def demo_config_file(protocol: str | None) -> str:
+    """The demo config of `protocol` (None: R1-Searcher's configs/demo-cpu.yaml)."""
+    return (
+        "configs/demo-cpu.yaml" if protocol in (None, "r1searcher") else f"configs/demo-cpu-{protocol}.yaml"
+    )
 
 
 def prepare_world(cfg: Config, seed: int, n_test: int) -> dict[str, Path]:
@@ -114,7 +124,13 @@ def plot(run_dir: Path, curve: list[tuple[int, float]]) -> list[Path]:
 
 
 def report(
-    run_dir: Path, before: dict, after: dict, curve: list[tuple[int, float]], wall_s: float, seed: int
+    run_dir: Path,
+    before: dict,
+    after: dict,
+    curve: list[tuple[int, float]],
+    wall_s: float,
+    seed: int,
+    protocol: str = "r1searcher",
 ) -> str:
     rows = [
         "| mode | model | EM | CEM | F1 | CEM in text | searches |",
@@ -137,12 +153,14 @@ def report(
         [
             "# searchrl demo report",
             "",
-            f"seed {seed}, wall time {wall_s / 60:.1f} min, held-out CEM gain of the search agent: "
+            f"protocol {protocol}, seed {seed}, wall time {wall_s / 60:.1f} min, held-out CEM gain of the "
+            "search agent: "
             f"{100 * gain:+.1f} points",
             "",
             *rows,
             "",
-            "CEM scores the text inside <answer></answer> (R1-Searcher's metric). 'CEM in text' looks for the "
+            "CEM scores the text inside <answer></answer> (R1-Searcher's metric; ReSearch: the \\boxed{} "
+            "content in there). 'CEM in text' looks for the "
             "gold answer anywhere in the model's own words (documents excluded), so it credits right answers "
             "given in prose; for comparison questions it is met whenever both names are repeated.",
             "",
@@ -165,6 +183,7 @@ def report(
                 "gain_cem": gain,
                 "wall_s": wall_s,
                 "seed": seed,
+                "protocol": protocol,
             },
             indent=1,
         )
@@ -218,6 +237,7 @@ def demo(cfg: Config, steps: int | None, minutes: float | None, run_dir: Path, n
         curve += [(int(d.name.split("_")[1]), mid[d.name]["search-agent"]["all"]["cem"]) for d in steps_dirs]
     curve.append((final_step, after["search-agent"]["all"]["cem"]))
     plot(run_dir, curve)
-    print(report(run_dir, before, after, curve, time.monotonic() - t0, seed), flush=True)
+    wall_s = time.monotonic() - t0
+    print(report(run_dir, before, after, curve, wall_s, seed, cfg.rollout.protocol), flush=True)
     print(f"trained model: {hf / 'final'}\nreport: {run_dir / 'report.md'}", flush=True)
     return 0
