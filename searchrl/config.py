@@ -383,7 +383,7 @@ class RolloutConfig(_Section):
         None,
         gt=0.0,
         le=1.0,
-        description="null = the protocol's (R1-Searcher 0.95, ReSearch and Search-R1 1.0).",
+        description="null = the protocol's (R1-Searcher 0.95, ReSearch 1.0, Search-R1 0.95).",
     )
     tasks_per_batch: int = Field(4, ge=1, description="Prompt tasks taken from Redis per generation batch.")
     dtype: Literal["bfloat16", "float32", "float16", "auto"] = "bfloat16"

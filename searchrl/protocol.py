@@ -317,13 +317,13 @@ SEARCH_R1 = Protocol(
     system_message=False,
     actions="turn",
     # retriever.topk 3, max_response_length 500 per turn, max_obs_length 500, max_turns 4 (v0.3 scripts; the
-    # paper's action budget), top_p 1.0; the whole response: 5 turns + 4 observations of 500 tokens.
+    # paper's action budget), top_p 0.95 (its ppo_trainer.yaml); the whole response: 5 turns + 4 observations.
     defaults=Budgets(
         top_k=3,
         max_searches=None,
         segment_tokens=500,
         max_response_tokens=4500,
-        top_p=1.0,
+        top_p=0.95,
         max_turns=4,
         max_obs_tokens=500,
     ),
