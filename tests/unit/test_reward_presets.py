@@ -11,6 +11,8 @@ from typing import get_args
 
 import grpc
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from searchrl.config import ConfigError, RewardPreset, load_config
 from searchrl.grpcutil import channel
@@ -149,3 +151,45 @@ def test_cli_takes_the_switches_from_a_config(tmp_path) -> None:
         assert out.returncode == 0, out.stderr
         rewards.append(json.loads(out.stdout)["reward"])
     assert rewards == [-0.5, 1.5, 1.5]
+
+
+@pytest.mark.parametrize(
+    ("protocol", "presets", "eos"),
+    [
+        ("r1searcher", ["r1s-stage2"], ""),
+        ("research", ["research"], "<|im_end|>"),  # the model stops on EOS; the worker keeps special tokens
+        ("search-r1", ["search-r1-em", "search-r1-format"], ""),  # each turn is cut at </answer>
+    ],
+)
+def test_each_protocols_worked_response_gets_full_marks(protocol: str, presets: list[str], eos: str) -> None:
+    # The rollout's own formatting (searchrl.protocol) and the reward rules agree: tags, inserted documents and
+    # the answer format of a well-formed response score the maximum with one search counted.
+    from searchrl.protocol import Document, get_protocol
+
+    resp = get_protocol(protocol).worked_response(
+        "capital of France", [Document("Paris", "The capital.")], "Paris"
+    )
+    for preset in presets:
+        r = score(preset, "What is the capital of France?", resp + eos, ["Paris"])
+        assert (r.reward, r.format_ok, r.em, r.num_searches) == (1.0, True, 1.0, 1), preset
+
+
+_PIECES = (
+    "<think> </think> <answer> </answer> <search> </search> <result> </result> <information> </information>"
+)
+_PIECES += " \\boxed{ { } $ <|im_end|> a <|begin_of_query|> <|end_of_query|> True yes"
+# whole tags, braces, EOS and the assistant marker, joined by spaces, newlines or nothing
+_TAGGY = st.lists(
+    st.sampled_from([*_PIECES.split(), " ", "\n", "\\boxed ", "<|im_start|>assistant\n"]), max_size=40
+).map("".join)
+
+
+@given(
+    st.sampled_from(sorted(PRESETS)), st.text(max_size=20), _TAGGY, st.lists(_TAGGY, min_size=1, max_size=3)
+)
+def test_every_preset_scores_any_text(preset: str, question: str, response: str, golds: list[str]) -> None:
+    # No input makes a rule raise (the seeds raise and catch in places), and every metric stays in range.
+    r = score(preset, question, response, golds)
+    assert (
+        -3.0 <= r.reward <= 2.0 and all(0.0 <= m <= 1.0 for m in (r.em, r.cem, r.f1)) and r.num_searches >= 0
+    )
