@@ -1,4 +1,8 @@
-"""Trainer gRPC server: builds the learner and the loop, serves weights and status, runs the loop."""
+"""Trainer gRPC server: builds the learner (all its ranks, `dist.py`) and the loop, serves weights and status.
+
+On a node other than 0 of a multi-node learner there is no loop and no Trainer API: `serve` serves only
+grpc.health (for the probes), follows rank 0 and exits when rank 0 stops it (SystemExit 0).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from searchrl.grpcutil import Server, StreamLimit, rpc
 from searchrl.models import resolve_model
 from searchrl.proto import common_pb2, trainer_pb2, trainer_pb2_grpc
 from searchrl.weightsync import WeightStore
-from searchrl_trainer.learner import Learner
+from searchrl_trainer import dist
 from searchrl_trainer.loop import TrainerLoop
 
 log = logging.getLogger(__name__)
@@ -63,12 +67,17 @@ def serve(cfg: Config, redis_url: str) -> tuple[Server, TrainerLoop]:
     """Build learner + loop, restore, publish, start the server; the caller runs `loop.run()`."""
     model_path = resolve_model(cfg.model.path, cfg.model.cache_dir, cfg.run.seed)
     store = WeightStore(cfg.trainer.weight_chunk_bytes)
-    learner = Learner(cfg.trainer, model_path, cfg.run.seed)
+    learner = dist.launch(cfg, model_path)
+    t = cfg.trainer
+    server = Server(t.port, t.metrics_port, t.workers, cfg.security, t.health_port)
+    if isinstance(learner, tuple):  # a rank of another node: only health, until rank 0 says stop
+        server.start()
+        dist.follow(*learner)
+        server.stop()
+        raise SystemExit(0)
     loop = TrainerLoop(cfg, learner, redisio.connect(redis_url), store)
     queue_metrics.register(loop.r, cfg.streams)
     loop.restore()
-    t = cfg.trainer
-    server = Server(t.port, t.metrics_port, t.workers, cfg.security, t.health_port)
     server.add(
         trainer_pb2_grpc.add_TrainerServicer_to_server,
         TrainerServicer(loop, store, t.max_weight_streams),

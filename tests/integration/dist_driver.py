@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ def batch(groups: int, n: int, seed: int = 0) -> list[Trajectory]:
 
 def main() -> None:
     out, settings = sys.argv[1], json.loads(sys.argv[2])
-    cfg = tiny_config_at(__import__("pathlib").Path(settings.pop("run_dir")))
+    cfg = tiny_config_at(Path(settings.pop("run_dir")))
     for k, v in settings.items():
         setattr(cfg.trainer, k, v)
     cfg.trainer = cfg.trainer.model_validate(cfg.trainer.model_dump())

@@ -1,15 +1,27 @@
 """The multi-rank learner (services/trainer/dist.py) on CPU with gloo: 2 ranks compute the same update as 1
-rank on the same batch, and the death of any rank takes the trainer down."""
+rank on the same batch, and the death of any rank takes the trainer service down; restarted, it resumes from its
+checkpoint and trains the rolled-back step again (docs/reliability.md)."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
+import psutil
 import pytest
 import torch
+
+from searchrl.audit import checkpoint_step, collect
+from searchrl.config import dump_config
+from searchrl.records import PromptTask
+from searchrl.redisio import free_port
+from tests.integration.trainer_kit import make_cfg, traj
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,3 +59,68 @@ def test_two_gloo_ranks_give_the_update_of_one_rank(tmp_path, zero_stage):
         torch.testing.assert_close(two["after"][name], w1, rtol=1e-4, atol=1e-6, msg=name)
         moved = max(moved, (w1 - one["before"][name]).abs().max().item())
     assert moved > 1e-3  # the two steps changed the weights well beyond the tolerance
+
+
+def _feed(r, answered: set[str], rng) -> None:  # noqa: ANN001
+    """Act as the rollout workers: a complete group for every prompt task not answered yet."""
+    for _, fields in r.xrange("prompts"):
+        task = PromptTask.decode(fields)
+        if task.task_id not in answered:
+            answered.add(task.task_id)
+            for i in range(task.group_size):
+                r.xadd(
+                    "trajectories", traj(task.task_id, i, task.min_policy_version, float(i % 2), rng).encode()
+                )
+
+
+def _steps(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+def _until(proc: subprocess.Popen, done, feed=lambda: None, timeout: float = 600.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert proc.poll() is None, f"the trainer exited with {proc.returncode}"
+        assert time.monotonic() < deadline, "timed out"
+        feed()
+        time.sleep(0.2)
+
+
+def test_a_dead_rank_takes_the_trainer_down_and_it_resumes_from_its_checkpoint(
+    tiny_config, redis_server, redis_client, tmp_path
+):
+    cfg = make_cfg(tiny_config)
+    t = cfg.trainer
+    t.world_size, t.save_every, t.max_steps, t.max_staleness = 2, 2, 50, 0
+    t.port, t.metrics_port = free_port(), 0
+    run_dir = Path(cfg.run.run_dir)
+    run_dir.mkdir(parents=True)
+    (tmp_path / "config.yaml").write_text(dump_config(cfg))
+    env = {**os.environ, "SEARCHRL_REDIS_URL": redis_server.url}
+    cmd = [sys.executable, "-m", "searchrl.cli", "serve", "trainer", "-c", str(tmp_path / "config.yaml")]
+    r, rng, answered = redis_client, np.random.default_rng(0), set()
+    log = (tmp_path / "trainer.log").open("ab")
+
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _until(proc, lambda: _steps(run_dir) >= 3, lambda: _feed(r, answered, rng))
+        # step 3 is trained, not checkpointed (save_every 2); no more groups come, so rank 0 waits in gather
+        ranks = psutil.Process(proc.pid).children()
+        assert len(ranks) == 1  # rank 1, started by the service itself
+        ranks[0].kill()
+        assert proc.wait(timeout=120) != 0  # the dead rank took the service down
+        assert checkpoint_step(run_dir) == 2
+
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        # restored at step 2: step 3's groups are still pending in Redis and are trained again
+        _until(proc, lambda: _steps(run_dir) >= 4, lambda: _feed(r, answered, rng))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=300) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    rep = collect(run_dir, cfg, r)
+    assert rep.ok, rep
+    assert rep.rolled_back_steps == 1 and rep.committed_step >= 4
