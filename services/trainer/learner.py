@@ -19,7 +19,8 @@ Contract:
   call, so batches of any size step exactly once. With several ranks only failures every rank sees alike (a
   non-finite loss on any rank, a non-finite gradient norm) become `StepFailed`; any other exception propagates:
   the ranks cannot agree to skip a step, so the service dies and resumes from its checkpoint.
-- `state_dict_for_export()` returns full weights (gathered under ZeRO-3) for publishing to rollout workers.
+- `state_dict_for_export()` returns full weights (gathered under ZeRO-3; LoRA adapters merged in) under the
+  plain model's names, for publishing to rollout workers.
 - `save(dir, tag, client_state)` / `load(dir)` wrap DeepSpeed checkpoints (model + optimizer + client state).
 The learner knows nothing about Redis, gRPC or prompts.
 """
@@ -38,7 +39,7 @@ import torch
 from searchrl.config import TrainerConfig
 from searchrl.records import Trajectory
 from searchrl.redisio import free_port
-from searchrl_trainer import algos
+from searchrl_trainer import algos, lora
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +182,12 @@ class Learner:
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         self.tied = bool(getattr(model.config, "tie_word_embeddings", False))
+        if cfg.lora_rank:
+            model = lora.wrap(model, cfg)
+            if cfg.gradient_checkpointing:  # the frozen embeddings' output must carry grad into checkpoints
+                model.enable_input_require_grads()
         self.ref = None
-        if cfg.kl_coef > 0:
+        if cfg.kl_coef > 0 and not cfg.lora_rank:  # with LoRA the reference is the base: adapters off
             self.ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(self.device)
             self.ref.eval().requires_grad_(False)
         rows = cfg.groups_per_step * cfg.group_size // self.world_size  # per rank (config checks it divides)
@@ -234,6 +239,14 @@ class Learner:
             out[idx.to(self.device), : lp.shape[1]] = lp
         return self._sum(out)
 
+    def _ref_logprobs(self, b: Batch, own: torch.Tensor) -> torch.Tensor | None:
+        if self.ref is not None:
+            return self._logprobs(self.ref, b, own)
+        if self.cfg.lora_rank and self.cfg.kl_coef > 0:
+            with lora.reference(self.engine.module):
+                return self._logprobs(self.engine, b, own)
+        return None
+
     def _sum(self, x: torch.Tensor) -> torch.Tensor:
         if self.world_size > 1:
             torch.distributed.all_reduce(x)
@@ -274,7 +287,7 @@ class Learner:
         behaviour = b.behaviour_logprobs.to(self.device)
         t0 = time.perf_counter()
         self.engine.eval()
-        ref_logp = self._logprobs(self.ref, b, own) if self.ref is not None else None
+        ref_logp = self._ref_logprobs(b, own)
         # One pass over the batch with the optimizer stepping only at its end (gradient accumulation), so the
         # learner's pre-update ("old") log-probs are exactly the training forward's own, detached. A separate
         # no-grad pass is needed only when the advantages depend on them (Reinforce++ with a KL reward).
@@ -348,7 +361,7 @@ class Learner:
             state = self.engine._zero3_consolidated_16bit_state_dict()
         else:
             state = self.engine.module.state_dict()
-        return state
+        return lora.merged_state_dict(state, lora.scale(self.cfg)) if self.cfg.lora_rank else state
 
     @property
     def export_skip(self) -> set[str]:
@@ -360,7 +373,8 @@ class Learner:
         from transformers import AutoTokenizer
 
         state = {k: v.detach().float().cpu() for k, v in self.state_dict_for_export().items()}
-        self.engine.module.save_pretrained(directory, state_dict=state, safe_serialization=True)
+        model = self.engine.module.get_base_model() if self.cfg.lora_rank else self.engine.module
+        model.save_pretrained(directory, state_dict=state, safe_serialization=True)
         AutoTokenizer.from_pretrained(self.model_path).save_pretrained(directory)
 
     def save(self, directory: str, tag: str, client_state: dict) -> None:
