@@ -7,15 +7,23 @@ payload; rollout workers pull it over a server-streaming gRPC call in chunks and
   `<directory>/v<version>-<uuid>/model.safetensors`, checks size and sha256, and returns (version, sha256, folder).
   It never leaves a partial folder behind and never touches other folders: several workers may share `directory`,
   so each caller deletes the folders it pulled itself once it no longer needs them.
+
+The fast path (`trainer.weight_sync: nccl`, GPUs only): trainer rank 0 and the rollout engines' workers share a
+process group; `broadcast_weights` sends the tensor list, then the tensors flattened into buckets of
+`trainer.weight_bucket_bytes` (one collective per bucket, not per tensor, as TRL/verl do); `receive_weights`
+yields (name, tensor) pairs in the sender's order, ready for a model's `load_weights`. Which group (NCCL across
+GPUs; gloo in the CPU tests) is the caller's business.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,3 +124,61 @@ def pull_weights(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return version, sha, str(final)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One tensor's place in a bucket: `offset` and `numel` in elements of the bucket's dtype."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    offset: int
+    numel: int
+
+
+def plan_buckets(meta: list[tuple[str, tuple[int, ...], torch.dtype]], bucket_bytes: int) -> list[list[Slot]]:
+    """Consecutive tensors of one dtype share a bucket while it stays within `bucket_bytes`; a larger tensor
+    gets a bucket of its own. Sender and receivers compute the same plan from the same list."""
+    if bucket_bytes < 1:
+        raise ValueError(f"trainer.weight_bucket_bytes: {bucket_bytes} must be >= 1")
+    buckets: list[list[Slot]] = []
+    used = 0
+    for name, shape, dtype in meta:
+        numel = math.prod(shape)
+        size = numel * dtype.itemsize
+        last = buckets[-1] if buckets else None
+        if last is None or last[0].dtype != dtype or used + size > bucket_bytes:
+            buckets.append([])
+            used = 0
+        offset = used // dtype.itemsize
+        buckets[-1].append(Slot(name, tuple(shape), dtype, offset, numel))
+        used += size
+    return buckets
+
+
+def broadcast_weights(
+    state: dict[str, torch.Tensor], bucket_bytes: int, group, src: int = 0, device: str = "cpu"
+) -> None:  # noqa: ANN001 - a torch.distributed ProcessGroup or None (the default group)
+    """Sender side of the fast path: the tensor list, then one broadcast per bucket (on `device`)."""
+    dist = torch.distributed
+    meta = [(k, tuple(v.shape), v.dtype) for k, v in state.items()]
+    dist.broadcast_object_list([(meta, bucket_bytes)], src=src, group=group)
+    for bucket in plan_buckets(meta, bucket_bytes):
+        flat = torch.cat([state[s.name].detach().reshape(-1) for s in bucket]).to(device)
+        dist.broadcast(flat, src=src, group=group)
+
+
+def receive_weights(group, src: int = 0, device: str = "cpu") -> Iterator[tuple[str, torch.Tensor]]:  # noqa: ANN001
+    """Receiver side: yields (name, tensor) in the sender's order; each bucket is one broadcast into a buffer
+    of its own, and the tensors are views of it."""
+    dist = torch.distributed
+    box: list[object] = [None]
+    dist.broadcast_object_list(box, src=src, group=group)
+    meta, bucket_bytes = box[0]  # type: ignore[misc]
+    for bucket in plan_buckets(meta, bucket_bytes):
+        total = bucket[-1].offset + bucket[-1].numel
+        flat = torch.empty(total, dtype=bucket[0].dtype, device=device)
+        dist.broadcast(flat, src=src, group=group)
+        for s in bucket:
+            yield s.name, flat[s.offset : s.offset + s.numel].view(s.shape)

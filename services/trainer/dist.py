@@ -198,8 +198,9 @@ def _rendezvous(t: TrainerConfig, node: int) -> dict[str, str]:
 def launch(cfg: Config, model_path: str) -> Leader | Learner | tuple[Learner, Channel]:
     """Start this node's ranks and build this process's learner (see the module docstring)."""
     t = cfg.trainer
-    if t.weight_sync == "nccl" or t.dist_backend == "nccl":
-        _require_gpus(t.world_size // t.nodes)
+    for field in ("weight_sync", "dist_backend"):
+        if getattr(t, field) == "nccl":
+            _require_gpus(f"trainer.{field}", t.world_size // t.nodes)
     if t.world_size == 1:
         return Learner(t, model_path, cfg.run.seed)
     node, per_node = _node_rank(t), t.world_size // t.nodes
@@ -227,11 +228,11 @@ def launch(cfg: Config, model_path: str) -> Leader | Learner | tuple[Learner, Ch
     return learner, channel
 
 
-def _require_gpus(n: int) -> None:
-    if not torch.cuda.is_available() or torch.cuda.device_count() < n:
-        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+def _require_gpus(field: str, n: int) -> None:
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if have < n:
         raise ConfigError(
-            f"trainer.dist_backend/weight_sync: NCCL needs {n} CUDA GPU(s) per node, this node has {have}"
+            f"{field}: 'nccl' needs {n} CUDA GPU(s) per node, this node has {have} (use 'grpc'/'gloo')"
         )
 
 
