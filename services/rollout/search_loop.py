@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from searchrl.config import RetrieverConfig, RolloutConfig
 from searchrl.protocol import Budgets, Document, Example, Protocol
@@ -53,9 +53,7 @@ class LoopLimits:
     @staticmethod
     def from_budgets(budgets: Budgets, **overrides: object) -> LoopLimits:
         """A protocol's budgets as limits, with `overrides` (any field) put in place."""
-        return replace(
-            LoopLimits(**{f: getattr(budgets, f) for f in Budgets.__dataclass_fields__}), **overrides
-        )
+        return replace(LoopLimits(**asdict(budgets)), **overrides)
 
     @staticmethod
     def from_config(rc: RolloutConfig, retriever: RetrieverConfig | None = None) -> LoopLimits:
