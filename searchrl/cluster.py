@@ -178,7 +178,7 @@ def cmd_wait_index(args: argparse.Namespace) -> int:
     from searchrl_retriever.backend import dense_key, index_dir, load_passages
     from searchrl_retriever.index import META_FILE, DenseIndex
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.overrides)
     want = dense_key(cfg, load_passages(cfg))
     directory = index_dir(cfg)
     deadline = time.monotonic() + args.timeout
@@ -216,6 +216,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     target(p_scale)
     p_wait = csub.add_parser("wait-index", help="wait until the retriever's index is current (initContainer)")
     p_wait.add_argument("-c", "--config", required=True)
+    p_wait.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override"
+    )
     p_wait.add_argument("--timeout", type=float, default=86400.0)
     p_wait.add_argument("--interval", type=float, default=15.0)
 

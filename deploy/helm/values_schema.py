@@ -131,6 +131,8 @@ def chart_schema() -> dict[str, Any]:
                     "autoscaling": AUTOSCALING,
                     "pdb": PDB,
                     "startupSeconds": POSITIVE,
+                    "shards": POSITIVE,
+                    "router": closed({"replicas": POSITIVE, "resources": RESOURCES}),
                     "indexJob": closed(
                         {"enabled": BOOL, "gpus": COUNT, "resources": RESOURCES, "timeoutSeconds": POSITIVE}
                     ),
@@ -214,7 +216,13 @@ def chart_schema() -> dict[str, Any]:
                 }
             ),
             "networkPolicy": closed(
-                {"enabled": BOOL, "metricsFrom": OBJECTS, "dnsTo": OBJECTS, "redisTo": OBJECTS}
+                {
+                    "enabled": BOOL,
+                    "metricsFrom": OBJECTS,
+                    "retrieverHttpFrom": OBJECTS,
+                    "dnsTo": OBJECTS,
+                    "redisTo": OBJECTS,
+                }
             ),
         }
     )

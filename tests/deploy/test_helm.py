@@ -70,6 +70,12 @@ def env_of(container: dict) -> dict[str, dict]:
     return {e["name"]: e for e in container.get("env", [])}
 
 
+def set_args(container: dict) -> list[str]:
+    """The `--set KEY=VALUE` config overrides in a container's args."""
+    args = container["args"]
+    return [v for flag, v in zip(args, args[1:], strict=False) if flag == "--set"]
+
+
 def expand(value: str, env: dict[str, str]) -> str:
     for k, v in env.items():
         value = value.replace(f"$({k})", v)
@@ -194,7 +200,7 @@ def test_config_and_env_wiring(rendered, name: str, tmp_path: Path, monkeypatch)
         assert token_ref["name"] == (
             values.get("auth", {}).get("existingSecret") or f"{RELEASE}-searchrl-auth"
         )
-        cfg = load_config(path)
+        cfg = load_config(path, set_args(c))
         # the config volume is mounted where the args say
         mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
         assert "/etc/searchrl" in mounts
@@ -203,17 +209,19 @@ def test_config_and_env_wiring(rendered, name: str, tmp_path: Path, monkeypatch)
             hit = [m for mp, m in mounts.items() if p == mp or p.startswith(mp.rstrip("/") + "/")]
             return bool(hit) and (not writable or not hit[0].get("readOnly", False))
 
-        if comp in ("rollout", "trainer"):
+        # the retriever uses Redis only for the shared query cache
+        if comp in ("rollout", "trainer") or (comp == "retriever" and cfg.retriever.cache.redis_ttl_s):
             names = list(env)
             assert names.index("REDIS_PASSWORD") < names.index("SEARCHRL_REDIS_URL"), (
                 "$(REDIS_PASSWORD) order"
             )
             assert "$(REDIS_PASSWORD)" in env["SEARCHRL_REDIS_URL"]["value"]
             assert cfg.addresses.redis_url and cfg.addresses.redis_url.startswith(("redis://", "rediss://"))
+        if comp in ("rollout", "trainer"):
             if not cfg.model.path.startswith("builtin:"):
                 assert mounted(cfg.model.path), f"{comp}: model.path {cfg.model.path} not mounted"
             assert mounted(cfg.model.cache_dir, writable=True), f"{comp}: model.cache_dir"
-        else:
+        elif not (comp == "retriever" and cfg.retriever.cache.redis_ttl_s):
             assert "SEARCHRL_REDIS_URL" not in env, f"{comp} does not use Redis and gets no password"
         if comp == "rollout":
             for addr in (cfg.addresses.retriever, cfg.addresses.reward, cfg.addresses.trainer):
@@ -224,14 +232,18 @@ def test_config_and_env_wiring(rendered, name: str, tmp_path: Path, monkeypatch)
             assert mounted(cfg.run.run_dir, writable=True), "trainer: run_dir (checkpoints) not on a volume"
             for stage in cfg.trainer.stages:
                 assert mounted(stage.data), f"trainer: {stage.data} not mounted"
-        if comp == "retriever":
+        if comp == "retriever" and cfg.retriever.mode != "router":
             assert mounted(cfg.retriever.corpus), f"retriever: corpus {cfg.retriever.corpus} not mounted"
             assert mounted(cfg.retriever.index_dir), "retriever: index_dir not mounted"
         # ports of the config are the container's, the Service's and the probes'
         section = getattr(cfg, comp)
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-        assert ports == {"grpc": section.port, "metrics": section.metrics_port, "health": section.health_port}
-        assert len(set(ports.values())) == 3, comp
+        http = {"http": cfg.retriever.http_port} if comp == "retriever" and cfg.retriever.http_port else {}
+        assert (
+            ports
+            == {"grpc": section.port, "metrics": section.metrics_port, "health": section.health_port} | http
+        )
+        assert len(set(ports.values())) == len(ports), comp
         if ci_values()[name].get("tls", {}).get("existingSecret"):
             assert cfg.security.tls_cert and mounted(cfg.security.tls_cert) and mounted(cfg.security.tls_ca)
             assert cfg.security.tls_client_auth is ci_values()[name]["tls"]["clientAuth"]
@@ -314,6 +326,56 @@ def test_eight_retrievers_and_retriever_only(rendered) -> None:
     comps = {o["metadata"]["labels"]["app.kubernetes.io/component"] for o in only}
     assert comps <= {"retriever", "index", "config", "network"}, comps
     assert not find(only, "Secret") and not find(only, "StatefulSet")
+
+
+def test_retriever_shards_and_router(rendered, tmp_path: Path) -> None:
+    """3 shards x 2 replicas: a Deployment, headless Service and index Job per shard, each serving its slice; a
+    router behind the usual retriever Service scatters to the three shard Services; only the router reaches them."""
+    from searchrl.cluster import scale_patches
+
+    objs = rendered["retriever-shards"]
+    path = tmp_path / "config.yaml"
+    path.write_text(one(objs, "ConfigMap", "config")["data"]["config.yaml"])
+    services = {s["metadata"]["name"]: s for s in find(objs, "Service")}
+    for i in range(3):
+        comp = f"retriever-shard-{i}"
+        dep = one(objs, "Deployment", comp)
+        assert dep["spec"]["replicas"] == 2 and one(objs, "PodDisruptionBudget", comp)
+        tpl = dep["spec"]["template"]
+        (c,) = containers(tpl)
+        (wait,) = tpl["spec"]["initContainers"]
+        job = next(j for j in find(objs, "Job") if f"index-shard-{i}-" in j["metadata"]["name"])
+        (build,) = containers(job["spec"]["template"])
+        for container in (c, wait, build):
+            shard = load_config(path, set_args(container)).retriever.shard
+            assert (shard.index, shard.count) == (i, 3), container["name"]
+        assert services[f"{RELEASE}-searchrl-{comp}"]["spec"]["clusterIP"] == "None"
+    router = one(objs, "Deployment", "retriever")
+    (c,) = containers(router["spec"]["template"])
+    cfg = load_config(path, set_args(c))
+    assert cfg.retriever.mode == "router" and router["spec"]["replicas"] == 2
+    assert cfg.retriever.router.deadline_s == 3 and cfg.retriever.index.type == "ivf-pq"
+    for addr in cfg.retriever.router.shards:
+        host, port = addr.rsplit(":", 1)
+        assert int(port) in {p["port"] for p in services[host]["spec"]["ports"]}
+    assert {m["name"] for m in c["volumeMounts"]} == {"config", "home", "tmp"}, "the router holds no index"
+    assert [p.name for p in scale_patches(RELEASE, {"retriever": 4}, {})] == [router["metadata"]["name"]]
+    # network: rollout -> router, router -> every shard, nobody else -> a shard
+    policies = find(objs, "NetworkPolicy")
+    labels = {
+        tpl["metadata"]["labels"]["app.kubernetes.io/component"]: tpl["metadata"]["labels"]
+        for _, tpl in pod_templates(objs)
+    }
+    port = cfg.retriever.port
+
+    def reach(src: str, dst: str) -> bool:
+        return _allowed(policies, "Egress", labels[src], labels[dst], NAMESPACE, port) and _allowed(
+            policies, "Ingress", labels[dst], labels[src], NAMESPACE, port
+        )
+
+    assert reach("rollout", "retriever")
+    for i in range(3):
+        assert reach("retriever", f"retriever-shard-{i}") and not reach("rollout", f"retriever-shard-{i}")
 
 
 def test_external_redis(rendered) -> None:
@@ -408,6 +470,26 @@ def test_network_policies_allow_exactly_the_data_flow(rendered) -> None:
     # DNS egress for everyone
     dns = {"k8s-app": "kube-dns"}
     assert all(_allowed(policies, "Egress", labels, dns, "kube-system", 53) for labels in pods.values())
+
+
+def test_retriever_http_port_and_shared_cache(rendered) -> None:
+    """http_port on: a container port, a Service port, open to the namespace's pods (networkPolicy.retrieverHttpFrom)
+    only; the shared query cache on: the retriever gets the Redis URL and a path to Redis."""
+    objs = rendered["retriever-http"]
+    ports = one(objs, "Service", "retriever")["spec"]["ports"]
+    assert {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"} in ports
+    policies = find(objs, "NetworkPolicy")
+    pods = {
+        tpl["metadata"]["labels"]["app.kubernetes.io/component"]: tpl["metadata"]["labels"]
+        for _, tpl in pod_templates(objs)
+    }
+    trainer_script = {"app": "search-r1-trainer"}
+    assert _allowed(policies, "Ingress", pods["retriever"], trainer_script, NAMESPACE, 8000)
+    assert not _allowed(policies, "Ingress", pods["retriever"], trainer_script, "elsewhere", 8000)
+    assert _allowed(policies, "Egress", pods["retriever"], pods["redis"], NAMESPACE, 6379)
+    assert _allowed(policies, "Ingress", pods["redis"], pods["retriever"], NAMESPACE, 6379)
+    default = find(rendered["default"], "NetworkPolicy")
+    assert not _allowed(default, "Egress", pods["retriever"], pods["redis"], NAMESPACE, 6379)
 
 
 # ---- the checks fail when they should ------------------------------------------------------------------------
