@@ -114,6 +114,9 @@ def test_profile_services_and_wiring(profile: str, monkeypatch) -> None:
 
         if comp == "retriever":
             assert on_volume(cfg.retriever.corpus) and on_volume(cfg.retriever.index_dir)
+            # the seeds' HTTP APIs, published on the host's loopback only
+            (http,) = svc["ports"]
+            assert http["target"] == cfg.retriever.http_port and http["host_ip"] == "127.0.0.1"
         if comp == "trainer":
             assert mounts[cfg.run.run_dir]["type"] == "volume", "checkpoints + metrics on a named volume"
             assert all(on_volume(s.data) for s in cfg.trainer.stages)
