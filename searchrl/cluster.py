@@ -1,11 +1,12 @@
 """`searchrl cluster`: a Helm release of searchrl seen through the Kubernetes API, plus the retriever's index wait.
 
   searchrl cluster status [-n NS] [--release R] [--context C]      pods per component: ready, restarts, node
-  searchrl cluster scale retriever=N [reward=N rollout=N] [-n NS] [--release R]
-  searchrl cluster wait-index -c CONFIG [--timeout S]               (the retriever pods' initContainer)
+  searchrl cluster scale retriever=N [reward=N rollout=N retriever-shard-<i>=N] [-n NS] [--release R]
+  searchrl cluster wait-index -c CONFIG [--timeout S] [--set K=V]   (the retriever pods' initContainer)
 
 `scale` patches the workload's replicas; when an HPA manages the workload (retriever, reward) it also sets the
-HPA's minReplicas (and raises maxReplicas if needed), since the HPA would otherwise undo the change. The trainer
+HPA's minReplicas (and raises maxReplicas if needed), since the HPA would otherwise undo the change. With index
+shards (Helm retriever.shards), `retriever` is the router and `retriever-shard-<i>` a shard's replicas. The trainer
 is one pod by design and is not scalable. Names follow the chart (deploy/helm/searchrl): `<release>-searchrl-<c>`
 (just `<release>-<c>` when the release name contains "searchrl").
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -26,6 +28,13 @@ CHART = "searchrl"
 # component -> workload kind in the chart; the trainer is left out on purpose (one learner per run).
 SCALABLE = {"retriever": "Deployment", "reward": "Deployment", "rollout": "StatefulSet"}
 HPA_MANAGED = {"retriever", "reward"}
+# With retriever.shards > 1, "retriever" is the router and each shard a Deployment of its own (HPA-managed).
+_SHARD = re.compile(r"retriever-shard-\d+")
+
+
+def workload_kind(component: str) -> str | None:
+    """The workload kind of a scalable component (None: not scalable)."""
+    return "Deployment" if _SHARD.fullmatch(component) else SCALABLE.get(component)
 
 
 @dataclass(frozen=True)
@@ -60,14 +69,16 @@ def parse_scale(assignments: list[str]) -> dict[str, int]:
             raise ValueError(f"{a!r}: expected COMPONENT=N")
         if comp == "trainer":
             raise ValueError(f"{a!r}: the trainer is a single learner and does not scale by replicas")
-        if comp not in SCALABLE:
-            raise ValueError(f"{a!r}: unknown component {comp!r} (scalable: {', '.join(SCALABLE)})")
+        if workload_kind(comp) is None:
+            scalable = ", ".join([*SCALABLE, "retriever-shard-<i>"])
+            raise ValueError(f"{a!r}: unknown component {comp!r} (scalable: {scalable})")
         try:
             n = int(value)
         except ValueError:
             raise ValueError(f"{a!r}: replicas must be an integer, got {value!r}") from None
-        if n < 0 or (comp in HPA_MANAGED and n < 1):
-            raise ValueError(f"{a!r}: replicas must be >= {1 if comp in HPA_MANAGED else 0}")
+        hpa = comp in HPA_MANAGED or _SHARD.fullmatch(comp)
+        if n < 0 or (hpa and n < 1):
+            raise ValueError(f"{a!r}: replicas must be >= {1 if hpa else 0}")
         if comp in out:
             raise ValueError(f"{a!r}: {comp} given twice")
         out[comp] = n
@@ -88,7 +99,7 @@ def scale_patches(release: str, targets: dict[str, int], hpas: dict[str, int]) -
                     {"spec": {"minReplicas": n, "maxReplicas": max(hpas[name], n)}},
                 )
             )
-        patches.append(Patch(SCALABLE[comp], name, {"spec": {"replicas": n}}))
+        patches.append(Patch(workload_kind(comp), name, {"spec": {"replicas": n}}))
     return patches
 
 

@@ -331,7 +331,7 @@ def test_eight_retrievers_and_retriever_only(rendered) -> None:
 def test_retriever_shards_and_router(rendered, tmp_path: Path) -> None:
     """3 shards x 2 replicas: a Deployment, headless Service and index Job per shard, each serving its slice; a
     router behind the usual retriever Service scatters to the three shard Services; only the router reaches them."""
-    from searchrl.cluster import scale_patches
+    from searchrl.cluster import parse_scale, scale_patches
 
     objs = rendered["retriever-shards"]
     path = tmp_path / "config.yaml"
@@ -360,6 +360,10 @@ def test_retriever_shards_and_router(rendered, tmp_path: Path) -> None:
         assert int(port) in {p["port"] for p in services[host]["spec"]["ports"]}
     assert {m["name"] for m in c["volumeMounts"]} == {"config", "home", "tmp"}, "the router holds no index"
     assert [p.name for p in scale_patches(RELEASE, {"retriever": 4}, {})] == [router["metadata"]["name"]]
+    shard1 = one(objs, "Deployment", "retriever-shard-1")["metadata"]["name"]
+    assert [(p.kind, p.name) for p in scale_patches(RELEASE, parse_scale(["retriever-shard-1=5"]), {})] == [
+        ("Deployment", shard1)
+    ]
     # network: rollout -> router, router -> every shard, nobody else -> a shard
     policies = find(objs, "NetworkPolicy")
     labels = {
