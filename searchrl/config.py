@@ -200,8 +200,14 @@ class BatchingConfig(_Section):
     threads: int = Field(
         1,
         ge=1,
-        description="Batches in flight at once (one thread each); torch already spreads one batch "
-        "over the cores (bench/retriever_throughput.py measures 1 vs 2).",
+        description="Batches in flight at once (one thread each). With torch_threads 1 and threads = cores, "
+        "each core encodes its own batch (bench/retriever_throughput.py measures the combinations).",
+    )
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        description="torch intra-op threads of the query encoder (process-wide); 0 = torch's default (one per "
+        "core). On a busy CPU node 1 per batcher thread avoids intra-op threads waiting for each other.",
     )
 
 

@@ -102,6 +102,10 @@ def open_retriever(cfg: Config, progress: bool = False) -> Retriever:
     rc = cfg.retriever
     backend = open_backend(cfg, progress)
     b = rc.batching
+    if b.torch_threads:
+        import torch
+
+        torch.set_num_threads(b.torch_threads)
     batcher = Batcher(backend, b.max_queries, b.max_wait_ms / 1000, b.threads)
     return Retriever(backend, batcher, rc.max_batch, rc.max_top_k, rc.max_query_chars, open_cache(cfg))
 
