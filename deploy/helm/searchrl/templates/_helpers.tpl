@@ -114,7 +114,12 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 {{- end -}}
 
 {{- define "searchrl.needsRedis" -}}
-{{- if or .Values.rollout.enabled .Values.trainer.enabled }}true{{ end -}}
+{{- if or .Values.rollout.enabled .Values.trainer.enabled (include "searchrl.retrieverUsesRedis" .) }}true{{ end -}}
+{{- end -}}
+
+{{/* The retriever talks to Redis only for the shared query cache (config retriever.cache.redis_ttl_s > 0). */}}
+{{- define "searchrl.retrieverUsesRedis" -}}
+{{- if and .Values.retriever.enabled (gt (int (dig "cache" "redis_ttl_s" 0 .Values.config.retriever)) 0) }}true{{ end -}}
 {{- end -}}
 
 {{/* Pod annotations: config checksum (restart on config change) + Prometheus scrape hints. */}}
@@ -183,6 +188,11 @@ ports:
   - name: health
     containerPort: {{ .healthPort }}
     protocol: TCP
+{{- if .httpPort }}
+  - name: http
+    containerPort: {{ .httpPort }}
+    protocol: TCP
+{{- end }}
 {{- end -}}
 
 {{/* Writable places of a searchrl container under readOnlyRootFilesystem: HOME (caches of HF, vLLM, triton) and
