@@ -494,6 +494,15 @@ def test_retriever_http_port_and_shared_cache(rendered) -> None:
     assert _allowed(policies, "Ingress", pods["redis"], pods["retriever"], NAMESPACE, 6379)
     default = find(rendered["default"], "NetworkPolicy")
     assert not _allowed(default, "Egress", pods["retriever"], pods["redis"], NAMESPACE, 6379)
+    # sharded: the router (the "retriever" Service) serves HTTP and holds the shared cache; shards do neither
+    sharded = rendered["retriever-shards"]
+    assert "http" in {p["name"] for p in one(sharded, "Service", "retriever")["spec"]["ports"]}
+    for wl, tpl in pod_templates(sharded):
+        comp = tpl["metadata"]["labels"]["app.kubernetes.io/component"]
+        if comp.startswith("retriever-shard-") and wl["kind"] == "Deployment":
+            (c,) = containers(tpl)
+            assert "http" not in {p["name"] for p in c["ports"]} and "SEARCHRL_REDIS_URL" not in env_of(c)
+            assert "retriever.http_port=0" in c["args"] and "retriever.cache.redis_ttl_s=0" in c["args"]
 
 
 # ---- the checks fail when they should ------------------------------------------------------------------------
