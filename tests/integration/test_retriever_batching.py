@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from prometheus_client import REGISTRY
 
 from searchrl.grpcutil import InvalidArgument
 from searchrl_retriever.backend import DenseBackend, Hit, build_dense
@@ -43,6 +44,20 @@ class Recording:
         return self.inner.search_batch(queries, k)
 
 
+METRICS = (
+    "searchrl_retriever_batch_queries_count",
+    "searchrl_retriever_batch_queries_sum",
+    "searchrl_retriever_batch_requests_sum",
+    "searchrl_retriever_queue_wait_seconds_count",
+    "searchrl_retriever_stage_seconds_count",
+)
+
+
+def _sample(name: str) -> float:
+    labels = {"stage": "encode", "shard": ""} if name.startswith("searchrl_retriever_stage") else {}
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 REQUESTS = [(["Saldane Press founder"], 1), (["Lake Venn city", "Ostravel"], 3), (["Tirabel"], 2)]
 
 
@@ -52,6 +67,7 @@ def _ids(rows: list[list[Hit]]) -> list[list[str]]:
 
 def test_concurrent_requests_become_one_batch_and_each_gets_its_own_k(dense):
     backend = Recording(dense)
+    before = {m: _sample(m) for m in METRICS}
     batcher = Batcher(backend, max_queries=sum(len(q) for q, _ in REQUESTS), max_wait_s=60.0)
     try:
         futures = [batcher.submit(q, k) for q, k in REQUESTS]
@@ -59,6 +75,14 @@ def test_concurrent_requests_become_one_batch_and_each_gets_its_own_k(dense):
     finally:
         batcher.close()
     assert backend.batches == [(["Saldane Press founder", "Lake Venn city", "Ostravel", "Tirabel"], 3)]
+    grew = {m: _sample(m) - before[m] for m in METRICS}
+    assert grew == {
+        "searchrl_retriever_batch_queries_count": 1,
+        "searchrl_retriever_batch_queries_sum": 4,
+        "searchrl_retriever_batch_requests_sum": 3,
+        "searchrl_retriever_queue_wait_seconds_count": 3,  # one wait per request
+        "searchrl_retriever_stage_seconds_count": 1,  # encode, one per batch
+    }
     for (queries, k), got in zip(REQUESTS, results, strict=True):
         assert _ids(got) == _ids(dense.search_batch(queries, k))
         assert all(len(row) == k for row in got)
