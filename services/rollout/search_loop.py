@@ -20,6 +20,8 @@ Contract of `run_search_loop(engine, search, tokenize, protocol, samples, limits
 - per sample it records the response token ids, a loss mask that is 0 exactly on the tokens the loop inserted
   (the model's own tags, the query-closing tag included, stay 1), the behaviour log-probs of sampled tokens (0
   under mask 0), the number of searches and of generation turns.
+One round is, per sample, `segment_params` -> generate -> `apply_segment` -> search -> `add_documents`; these
+steps are public so that a loop over one sample at a time (the agent server, searchrl/agent/) follows the same rules.
 This module does no I/O of its own: the engine, the search function and the tokenizer are passed in.
 """
 
@@ -159,36 +161,16 @@ def run_search_loop(
     active = [s for s in samples if not s.done]
     while active:
         timings.rounds += 1
-        params = []
-        for s in active:
-            budget = limits.max_response_tokens - len(s.response_ids)
-            seed = None if s.seed is None else s.seed + 7919 * timings.rounds
-            params.append(
-                GenParams(
-                    min(limits.segment_tokens, budget), limits.temperature, limits.top_p, protocol.stop, seed
-                )
-            )
+        params = [segment_params(s, protocol, limits, timings.rounds) for s in active]
         t0 = time.perf_counter()
         outs = engine.generate([s.prompt_ids + s.response_ids for s in active], params)
         timings.generate_s += time.perf_counter() - t0
 
         pending: list[tuple[Sample, str]] = []
         for s, out in zip(active, outs, strict=True):
-            s.turns += 1
-            nxt = after_segment(protocol, out, s.turns, s.num_searches, limits)
-            ids = out.token_ids[:-1] if nxt.drop_stop_token else out.token_ids
-            lps = out.logprobs if len(out.logprobs) == len(out.token_ids) else [0.0] * len(out.token_ids)
-            _append(s, ids, 1, lps[: len(ids)])
-            if nxt.end:
-                s.finish_reason = nxt.end
-            elif len(s.response_ids) >= limits.max_response_tokens:
-                s.finish_reason = "length"
-            elif nxt.query:
-                pending.append((s, nxt.query[: limits.max_query_chars]))
-            elif nxt.query is not None:  # an empty query: the retriever refuses those
-                _documents(s, "", [], tokenize, protocol, limits)
-            else:
-                _insert(s, tokenize(nxt.insert), limits)
+            query = apply_segment(s, out, tokenize, protocol, limits)
+            if query is not None:
+                pending.append((s, query))
 
         for start in range(0, len(pending), limits.max_search_batch):
             _search_and_insert(
@@ -198,7 +180,41 @@ def run_search_loop(
     return timings
 
 
-def _documents(
+def segment_params(s: Sample, protocol: Protocol, limits: LoopLimits, round_: int) -> GenParams:
+    """Sampling of the sample's next segment (the `round_`-th of the loop, from 1): at most `segment_tokens`
+    and the budget left, stopping at the protocol's stop strings, its seed moved on per round."""
+    budget = limits.max_response_tokens - len(s.response_ids)
+    seed = None if s.seed is None else s.seed + 7919 * round_
+    return GenParams(
+        min(limits.segment_tokens, budget), limits.temperature, limits.top_p, protocol.stop, seed
+    )
+
+
+def apply_segment(
+    s: Sample, out: GenOut, tokenize: TokenizeFn, protocol: Protocol, limits: LoopLimits
+) -> str | None:
+    """Record the segment `out` in `s` and act on `after_segment`: end the sample, or insert the protocol's text
+    (a corrective message; an empty query's empty documents block). Returns the query (cut to
+    `max_query_chars`) the caller must search and answer with `add_documents`, else None."""
+    s.turns += 1
+    nxt = after_segment(protocol, out, s.turns, s.num_searches, limits)
+    ids = out.token_ids[:-1] if nxt.drop_stop_token else out.token_ids
+    lps = out.logprobs if len(out.logprobs) == len(out.token_ids) else [0.0] * len(out.token_ids)
+    _append(s, ids, 1, lps[: len(ids)])
+    if nxt.end:
+        s.finish_reason = nxt.end
+    elif len(s.response_ids) >= limits.max_response_tokens:
+        s.finish_reason = "length"
+    elif nxt.query:
+        return nxt.query[: limits.max_query_chars]
+    elif nxt.query is not None:  # an empty query: the retriever refuses those
+        add_documents(s, "", [], tokenize, protocol, limits)
+    else:
+        _insert(s, tokenize(nxt.insert), limits)
+    return None
+
+
+def add_documents(
     s: Sample,
     query: str,
     passages: list[Document],
@@ -206,6 +222,7 @@ def _documents(
     protocol: Protocol,
     limits: LoopLimits,
 ) -> None:
+    """The documents `passages` found for `query`, inserted in the protocol's format (masked), counted."""
     s.num_searches += 1
     s.queries.append(query)
     _insert(s, tokenize(protocol.format_documents(passages)), limits)
@@ -231,7 +248,7 @@ def _search_and_insert(
             s.search_failures += 1
     timings.retrieve_s += time.perf_counter() - t0
     for (s, query), passages in zip(pending, docs, strict=True):
-        _documents(s, query, passages, tokenize, protocol, limits)
+        add_documents(s, query, passages, tokenize, protocol, limits)
 
 
 def build_prompt_ids(
