@@ -23,7 +23,9 @@ import os
 import shutil
 import threading
 import uuid
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +93,14 @@ class WeightStore:
             )
 
 
+_SINK_DEPTH = 4
+
+
+def _absorb(f, h, data: bytes) -> None:  # noqa: ANN001 - a binary file, a hashlib object
+    f.write(data)
+    h.update(data)
+
+
 def pull_weights(
     stub,
     min_version: int,
@@ -105,16 +115,21 @@ def pull_weights(
     h = hashlib.sha256()
     version, sha, total, written = -1, "", 0, 0
     try:
-        with open(tmp / WEIGHTS_FILE, "wb") as f:
+        # hashing and writing (both release the GIL) overlap the receiving of the next chunks, in order
+        with open(tmp / WEIGHTS_FILE, "wb") as f, ThreadPoolExecutor(1, "weights-sink") as sink:
+            pending: deque[Future] = deque()
             for chunk in stub.GetWeights(
                 trainer_pb2.WeightsRequest(min_version=min_version), timeout=timeout
             ):
                 if chunk.offset != written:
                     raise OSError(f"weight stream out of order: offset {chunk.offset}, expected {written}")
                 version, sha, total = chunk.version, chunk.sha256, chunk.total_bytes
-                f.write(chunk.data)
-                h.update(chunk.data)
+                pending.append(sink.submit(_absorb, f, h, chunk.data))
                 written += len(chunk.data)
+                if len(pending) > _SINK_DEPTH:  # bounds the chunks held in memory
+                    pending.popleft().result()
+            for p in pending:
+                p.result()
         if written != total or h.hexdigest() != sha:
             raise OSError(
                 f"weights v{version}: got {written}/{total} bytes, sha256 mismatch={h.hexdigest() != sha}"
