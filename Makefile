@@ -2,7 +2,7 @@ PY ?= python
 PROTOS := $(wildcard proto/searchrl/proto/*.proto)
 STAMP := .setup.stamp
 
-.PHONY: setup proto test test-all test-slow test-chaos test-fuzz test-deploy lint demo up bench bench-demo clean helm-schema smoke-compose
+.PHONY: setup proto test test-all test-slow test-chaos test-fuzz test-deploy lint demo up bench bench-demo bench-retriever clean helm-schema smoke-compose
 
 $(STAMP): pyproject.toml scripts/install-cpu.sh
 	PY=$(PY) bash scripts/install-cpu.sh
@@ -51,6 +51,9 @@ bench: $(STAMP)
 
 bench-demo: $(STAMP)  ## rerun the demo at seed 0 and print before/after held-out CEM (~35 min)
 	$(PY) bench/demo_learning.py --seed 0
+
+bench-retriever: $(STAMP)  ## service vs R1-Searcher-style baseline vs the batching limit, 1/8/32 clients (~8 min; quiet box)
+	$(PY) bench/retriever_throughput.py --seconds 10 --out bench/results/retriever-throughput.md
 
 clean:
 	rm -rf runs $(STAMP)
