@@ -169,6 +169,7 @@ def chart_schema() -> dict[str, Any]:
                     **scheduling(),
                     "checkpoints": closed({"size": QUANTITY, "storageClassName": STR}),
                     "startupSeconds": POSITIVE,
+                    "rendezvousPort": {"type": "integer", "minimum": 1, "maximum": 65535},
                 }
             ),
             "redis": closed(

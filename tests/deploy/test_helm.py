@@ -27,6 +27,7 @@ from tests.deploy.conftest import (
 )
 
 SEARCHRL = ("retriever", "reward", "rollout", "trainer")
+POD_NAME = "statefulset.kubernetes.io/pod-name"
 CRDS = {"ServiceMonitor", "PrometheusRule"}  # no schema in kubernetes-validate; checked structurally
 
 
@@ -102,7 +103,12 @@ def test_every_object_validates_strictly(rendered, name: str, version: str) -> N
 @pytest.mark.parametrize("name", sorted(ci_values()))
 def test_selectors_match_pod_labels(rendered, name: str) -> None:
     objs = rendered[name]
-    templates = [tpl["metadata"]["labels"] for _, tpl in pod_templates(objs)]
+    # a StatefulSet's controller adds each pod's name as a label (a Service may pick one pod by it)
+    templates = [
+        tpl["metadata"]["labels"]
+        | ({POD_NAME: f"{wl['metadata']['name']}-0"} if wl["kind"] == "StatefulSet" else {})
+        for wl, tpl in pod_templates(objs)
+    ]
 
     def matches_some(selector: dict) -> bool:
         return any(all(labels.get(k) == v for k, v in selector.items()) for labels in templates)
@@ -116,8 +122,8 @@ def test_selectors_match_pod_labels(rendered, name: str) -> None:
         # every targetPort names a port of the selected containers
         names = {
             p["name"]
-            for _, tpl in pod_templates(objs)
-            if all(tpl["metadata"]["labels"].get(k) == v for k, v in svc["spec"]["selector"].items())
+            for labels, (_, tpl) in zip(templates, pod_templates(objs), strict=True)
+            if all(labels.get(k) == v for k, v in svc["spec"]["selector"].items())
             for c in containers(tpl)
             for p in c.get("ports", [])
         }
@@ -239,6 +245,8 @@ def test_config_and_env_wiring(rendered, name: str, tmp_path: Path, monkeypatch)
         section = getattr(cfg, comp)
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
         http = {"http": cfg.retriever.http_port} if comp == "retriever" and cfg.retriever.http_port else {}
+        if comp == "trainer" and cfg.trainer.nodes > 1:  # torch's rendezvous on pod 0 (MASTER_PORT)
+            http = {"rendezvous": int(env["MASTER_PORT"]["value"])}
         assert (
             ports
             == {"grpc": section.port, "metrics": section.metrics_port, "health": section.health_port} | http
@@ -639,3 +647,55 @@ def test_gpu_recipe_renders(recipe: str, tmp_path: Path) -> None:
     for section, keys in config.items():
         for key in keys:
             assert rendered_cfg[section][key] == wanted[section][key], f"{section}.{key}"
+
+
+# ---- the multi-node learner ------------------------------------------------------------------------------------
+
+
+def test_trainer_over_two_nodes(rendered) -> None:
+    """trainer.world_size 8 over trainer.nodes 2 (ci-values/trainer-multinode.yaml): 2 pods of 4 GPUs each, the
+    pod index as SEARCHRL_NODE_RANK, rank 0's address through a headless Service, the Trainer API on pod 0 only,
+    one ReadWriteMany checkpoint volume (every rank writes its ZeRO shards into the same folder), and the ranks
+    reach each other on any port (gloo/NCCL pick their own)."""
+    objs = rendered["trainer-multinode"]
+    sts = one(objs, "StatefulSet", "trainer")
+    name = sts["metadata"]["name"]
+    ranks = one(objs, "Service", "trainer-ranks")
+    assert sts["spec"]["replicas"] == 2 and sts["spec"]["serviceName"] == ranks["metadata"]["name"]
+    assert ranks["spec"]["clusterIP"] == "None" and ranks["spec"]["publishNotReadyAddresses"] is True
+    assert ranks["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
+    (c,) = containers(sts["spec"]["template"])
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 4
+    env = env_of(c)
+    label = env["SEARCHRL_NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert label == "metadata.labels['apps.kubernetes.io/pod-index']"
+    assert env["MASTER_ADDR"]["value"] == f"{name}-0.{ranks['metadata']['name']}.{NAMESPACE}.svc"
+    assert env["MASTER_PORT"]["value"] == "29500"
+    assert {"containerPort": 29500, "name": "rendezvous", "protocol": "TCP"} in c["ports"]
+    api = one(objs, "Service", "trainer")
+    assert api["spec"]["selector"]["statefulset.kubernetes.io/pod-name"] == f"{name}-0"
+    assert "volumeClaimTemplates" not in sts["spec"]
+    claim = one(objs, "PersistentVolumeClaim", "trainer")
+    assert (
+        claim["spec"]["accessModes"] == ["ReadWriteMany"] and claim["spec"]["storageClassName"] == "nfs-rwx"
+    )
+    run = next(v for v in sts["spec"]["template"]["spec"]["volumes"] if v["name"] == "run")
+    assert run["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    policies = find(objs, "NetworkPolicy")
+    pod = sts["spec"]["template"]["metadata"]["labels"]
+    assert policies and _allowed(policies, "Ingress", pod, pod, NAMESPACE, 12345)
+    assert _allowed(policies, "Egress", pod, pod, NAMESPACE, 12345)
+    assert (
+        claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    )  # checkpoints outlive the release
+    single = rendered["default"]
+    (c1,) = containers(one(single, "StatefulSet", "trainer")["spec"]["template"])
+    assert "MASTER_ADDR" not in env_of(c1) and not find(single, "Service", f"{name}-ranks")
+
+
+def test_trainer_gpus_must_match_ranks_per_node() -> None:
+    values = with_secrets(ci_values()["trainer-multinode"] | {"trainer": {"gpus": 2}})
+    with pytest.raises(
+        Exception, match=r"trainer.gpus \(2\) must equal config.trainer.world_size / nodes \(4\)"
+    ):
+        render(values=values)
