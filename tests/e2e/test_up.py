@@ -1,4 +1,5 @@
-"""`searchrl up -c configs/tiny.yaml --steps 2`: the whole system as separate processes, end to end.
+"""`searchrl up -c configs/tiny*.yaml --steps 2`: the whole system as separate processes, end to end, once per
+search protocol (tiny.yaml: r1searcher, tiny-research.yaml, tiny-search-r1.yaml).
 
 Afterwards the run's persisted Redis (AOF in <run_dir>/redis) is reopened to inspect both streams."""
 
@@ -12,8 +13,9 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
+from searchrl.config import load_config
 from searchrl.models import resolve_model
-from searchrl.protocol import R1_SEARCHER
+from searchrl.protocol import get_protocol
 from searchrl.records import Trajectory
 from searchrl.redisio import connect, free_port, redis_server_binary
 from tests.conftest import ROOT
@@ -21,8 +23,9 @@ from tests.conftest import ROOT
 STEPS = 2
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
+@pytest.fixture(scope="module", params=["tiny.yaml", "tiny-research.yaml", "tiny-search-r1.yaml"])
+def run(request, tmp_path_factory):
+    config = f"configs/{request.param}"
     run_dir = tmp_path_factory.mktemp("up") / "run"
     proc = subprocess.run(
         [
@@ -31,7 +34,7 @@ def run(tmp_path_factory):
             "searchrl.cli",
             "up",
             "-c",
-            "configs/tiny.yaml",
+            config,
             "--steps",
             str(STEPS),
             "--run-dir",
@@ -73,13 +76,13 @@ def run(tmp_path_factory):
             import time
 
             time.sleep(0.1)
-    yield run_dir, proc.stdout, r
+    yield run_dir, proc.stdout, r, load_config(config)
     redis.terminate()
     redis.wait()
 
 
 def test_metrics_have_one_line_per_step_with_timings(run):
-    run_dir, stdout, _ = run
+    run_dir, stdout, _, _ = run
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [1, 2]
     assert [m["policy_version"] for m in lines] == [1, 2]
@@ -114,7 +117,7 @@ def test_rollout_workers_serve_the_trainers_final_weights(run):
 
 
 def test_streams_flowed_nothing_is_pending_and_the_audit_passes(run):
-    run_dir, _, r = run
+    run_dir, _, r, _ = run
     for stream, group in (("prompts", "rollout"), ("trajectories", "trainer")):
         assert r.xlen(stream) > 0
         info = {g["name"].decode(): g for g in r.xinfo_groups(stream)}
@@ -132,29 +135,45 @@ def test_streams_flowed_nothing_is_pending_and_the_audit_passes(run):
     assert rep["trained_twice"] == [] and rep["unaccounted"] == []
 
 
-def test_loss_mask_covers_exactly_the_inserted_documents(run):
-    _, _, r = run
-    tok = AutoTokenizer.from_pretrained(resolve_model("builtin:tiny-searcher"))
+def _masked_spans(mask: list[int]) -> list[tuple[int, int]]:
+    spans, start = [], None
+    for i, m in enumerate([*mask, 1]):
+        if m == 0 and start is None:
+            start = i
+        elif m == 1 and start is not None:
+            spans.append((start, i))
+            start = None
+    return spans
+
+
+def test_loss_mask_covers_exactly_the_inserted_text(run):
+    """Every masked span decodes to text the worker inserted (a documents block, or Search-R1's corrective
+    message) and nothing the model wrote; each documents block follows the model's own query-closing tag."""
+    _, _, r, cfg = run
+    protocol = get_protocol(cfg.rollout.protocol)
+    max_obs = cfg.rollout.budgets().max_obs_tokens
+    tok = AutoTokenizer.from_pretrained(resolve_model(cfg.model.path))
     trajs = [Trajectory.decode(f) for _, f in r.xrange("trajectories")]
     assert trajs
     searched = 0
     for t in trajs:
         mask = t.loss_mask.tolist()
-        spans, start = [], None
-        for i, m in enumerate([*mask, 1]):
-            if m == 0 and start is None:
-                start = i
-            elif m == 1 and start is not None:
-                spans.append((start, i))
-                start = None
-        assert len(spans) == t.metrics["num_searches"], t.traj_id
-        for a, b in spans:
+        documents = 0
+        for a, b in _masked_spans(mask):
             text = tok.decode(t.response_ids[a:b].tolist())
-            assert text.startswith(R1_SEARCHER.after_query + R1_SEARCHER.docs_open + "\n(1)")
-            if b < len(mask) or t.finish_reason != "length":
-                assert text.endswith(R1_SEARCHER.docs_close + R1_SEARCHER.after_docs)
-            assert tok.decode(t.response_ids[:a].tolist()).endswith(R1_SEARCHER.query_close)
+            cut = (b == len(mask) and t.finish_reason == "length") or b - a == max_obs
+            if protocol.invalid_action and text.startswith(protocol.invalid_action):
+                assert set(text.split(protocol.invalid_action)) == {""}, text  # one or more, back to back
+                continue
+            if protocol.invalid_action and cut and protocol.invalid_action.startswith(text):
+                continue
+            documents += 1
+            assert text.startswith(protocol.after_query + protocol.docs_open), text
+            if not cut:
+                assert text.endswith(protocol.docs_close + protocol.after_docs), text
+            assert tok.decode(t.response_ids[:a].tolist()).endswith(protocol.query_close)
+        assert documents == t.metrics["num_searches"], t.traj_id
         assert np.all(t.logprobs[t.loss_mask == 0] == 0)
         assert np.all(t.logprobs[t.loss_mask == 1] <= 0)
-        searched += len(spans)
+        searched += documents
     assert searched > 0, "no rollout searched: the tiny model should emit queries"
