@@ -181,3 +181,38 @@ def test_tls_and_mtls(tmp_path, certs):  # noqa: F811 - the imported fixture
             httpx.post(url, json={"queries": ["Tirabel"]}, verify=trust, timeout=5)
     finally:
         server.stop(0)
+
+
+def test_http_and_grpc_requests_share_one_batch(tmp_path):
+    """One HTTP and one gRPC request coalesce into one back-end batch (a batch of 2 queries closes when both are
+    queued; the max wait is far longer than the test)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prometheus_client import REGISTRY
+
+    cfg = tiny_config_at(tmp_path / "run")
+    cfg.retriever.port, cfg.retriever.http_port, cfg.retriever.metrics_port = free_port(), free_port(), 0
+    cfg.retriever.batching.max_queries, cfg.retriever.batching.max_wait_ms = 2, 600_000
+    server = serve(cfg)
+
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(name) or 0.0
+
+    before = (
+        sample("searchrl_retriever_batch_requests_count"),
+        sample("searchrl_retriever_batch_requests_sum"),
+    )
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            via_grpc = pool.submit(_grpc, cfg, ["Tirabel"], 1)
+            via_http = pool.submit(
+                httpx.post,
+                f"http://127.0.0.1:{cfg.retriever.http_port}/queries",
+                json={"queries": ["Lake Venn city"], "k": 1},
+                timeout=60,
+            )
+            assert len(via_grpc.result(timeout=60)[0]) == 1 and via_http.result(timeout=60).status_code == 200
+    finally:
+        server.stop(0)
+    after = sample("searchrl_retriever_batch_requests_count"), sample("searchrl_retriever_batch_requests_sum")
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 2)
