@@ -18,24 +18,22 @@ TLS (and mTLS) follow `security` as for gRPC. Unknown request fields are ignored
 
 from __future__ import annotations
 
-import hmac
 import logging
-import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio.to_thread
 import uvicorn
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import Response
 from pydantic import BaseModel
 
 from searchrl.config import SecurityConfig, read_token
-from searchrl.grpcutil import AUTH_FAILURES, InvalidArgument
+from searchrl.grpcutil import InvalidArgument
+from searchrl.httputil import report_bad_fields, require_bearer_token, uvicorn_tls
 from searchrl_retriever.backend import Hit, Results
 from searchrl_retriever.batcher import BatcherClosed
 from searchrl_retriever.service import Retriever, describe_shard_errors
@@ -43,11 +41,6 @@ from searchrl_retriever.service import Retriever, describe_shard_errors
 log = logging.getLogger(__name__)
 
 SHARD_ERRORS_HEADER = "X-Searchrl-Shard-Errors"  # on a partial answer: the shards that did not answer
-
-_UNAUTHENTICATED = (
-    "missing or wrong bearer token (header 'Authorization: Bearer <token>'; the token comes from "
-    "security.token_file or SEARCHRL_TOKEN)"
-)
 
 
 class R1SearcherRequest(BaseModel):
@@ -72,15 +65,6 @@ def _contents(hit: Hit) -> dict[str, str]:
     return {"id": p.id, "contents": f'"{p.title}"\n{p.text}' if p.title else p.text}
 
 
-def _field(loc: tuple[Any, ...]) -> str:
-    """('body', 'queries', 1) -> 'queries[1]'; ('body',) -> 'body'."""
-    parts = [str(x) for x in loc[1:]] if len(loc) > 1 and loc[0] == "body" else [str(x) for x in loc]
-    out = parts[0] if parts else "body"
-    for p in parts[1:]:
-        out += f"[{p}]" if p.isdigit() else f".{p}"
-    return out
-
-
 def make_app(retriever: Retriever, token: str, threads: int = 40, timeout_s: float | None = None) -> FastAPI:
     """The endpoints over `retriever`; `threads` bounds the requests waiting for their batch at once."""
 
@@ -92,22 +76,8 @@ def make_app(retriever: Retriever, token: str, threads: int = 40, timeout_s: flo
     app = FastAPI(
         title="searchrl retriever", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
     )
-    expected = f"Bearer {token}".encode()
-
-    @app.middleware("http")
-    async def bearer_token(request: Request, call_next: Callable) -> Any:
-        if token and request.url.path != "/health":
-            got = request.headers.get("authorization", "").encode()
-            if not hmac.compare_digest(got, expected):
-                AUTH_FAILURES.labels(f"http {request.url.path}").inc()
-                return JSONResponse({"detail": _UNAUTHENTICATED}, 401, {"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_payload(_request: Request, e: RequestValidationError) -> JSONResponse:
-        first = e.errors()[0] if e.errors() else {"loc": ("body",), "msg": "invalid"}
-        field = "body" if first.get("type") == "json_invalid" else _field(tuple(first["loc"]))
-        return JSONResponse({"detail": f"{field}: {first['msg']}"}, 422)
+    require_bearer_token(app, token, open_paths=("/health",))
+    report_bad_fields(app)
 
     def search(queries: list[str], k: int, fields: tuple[str, str], response: Response) -> Results:
         try:
@@ -158,13 +128,6 @@ class HttpServer:
     def __init__(
         self, retriever: Retriever, host: str, port: int, security: SecurityConfig, threads: int, limit: int
     ) -> None:
-        tls: dict[str, Any] = {}
-        if security.tls_cert:
-            tls = {"ssl_certfile": security.tls_cert, "ssl_keyfile": security.tls_key}
-            if security.tls_ca:
-                tls["ssl_ca_certs"] = security.tls_ca
-            if security.tls_client_auth:
-                tls["ssl_cert_reqs"] = ssl.CERT_REQUIRED
         config = uvicorn.Config(
             make_app(retriever, read_token(security), threads),
             host=host,
@@ -173,7 +136,7 @@ class HttpServer:
             access_log=False,
             limit_concurrency=limit,
             timeout_graceful_shutdown=5,
-            **tls,
+            **uvicorn_tls(security),
         )
         self.port = port
         self._server = uvicorn.Server(config)
