@@ -1,4 +1,5 @@
-"""Retriever gRPC server: config -> index -> servicer -> serve. Domain work lives in `service.py`."""
+"""Retriever server: config -> back end + batcher (`service.py`) -> gRPC servicer and, with `retriever.http_port`,
+the seeds' HTTP APIs (`http_api.py`) in the same process -> serve."""
 
 from __future__ import annotations
 
@@ -15,9 +16,8 @@ from searchrl_retriever.service import Retriever, describe_shard_errors, open_re
 
 log = logging.getLogger(__name__)
 
-SHARD_ERRORS_KEY = (
-    "searchrl-shard-errors"  # trailing metadata of a partial answer (a shard missed its deadline)
-)
+# Trailing metadata of a partial answer (a shard missed its deadline): which shards did not answer.
+SHARD_ERRORS_KEY = "searchrl-shard-errors"
 
 
 class RetrieverServicer(retriever_pb2_grpc.RetrieverServicer):
