@@ -52,7 +52,7 @@ bench: $(STAMP)
 bench-demo: $(STAMP)  ## rerun the demo at seed 0 and print before/after held-out CEM (~35 min)
 	$(PY) bench/demo_learning.py --seed 0
 
-bench-retriever: $(STAMP)  ## service vs R1-Searcher-style baseline vs the batching limit, 1/8/32 clients (~8 min; quiet box)
+bench-retriever: $(STAMP)  ## service vs R1-Searcher-style baseline vs the batching limit, 1/8/32 clients (~10 min; quiet box)
 	$(PY) bench/retriever_throughput.py --seconds 10 --out bench/results/retriever-throughput.md
 
 clean:

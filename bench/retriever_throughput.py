@@ -8,7 +8,7 @@ here), each sending requests of B queries, for `--seconds` per point; the server
 Ratios are measured in one run, points interleaved. Writes the table to --out (markdown) and prints it.
 
 Usage: python bench/retriever_throughput.py [--seconds 10] [--clients 1 8 32] [--batch 1 4]
-       [--batcher-threads 1 2] [--out bench/results/retriever-throughput.md]
+       [--service 1:0 1:1 2:1] [--repeats 1] [--out bench/results/retriever-throughput.md]
 The same file runs the servers: --serve baseline|service --port P (internal).
 """
 
@@ -200,7 +200,7 @@ def main() -> None:
     p.add_argument(
         "--service",
         nargs="+",
-        default=["1:0", "2:1"],
+        default=["1:0", "1:1", "2:1"],
         help="service variants as batching.threads:batching.torch_threads (0 = torch's default)",
     )
     p.add_argument("--repeats", type=int, default=1, help="measure every point this often, keep the best")
