@@ -2,6 +2,7 @@
 
   searchrl up -c CONFIG [--steps N] [--run-dir D] [--set key=value ...]
   searchrl serve {retriever,reward,rollout,trainer} -c CONFIG [--set ...]
+  searchrl serve agent -c CONFIG [--model DIR] [--port P] [--retriever ADDR]   (docs/serving.md)
   searchrl retriever build-index -c CONFIG [--force]
   searchrl demo [--protocol P | -c configs/demo-cpu.yaml] [--steps N] [--minutes M]
   searchrl eval -c CONFIG --data FILE [--model PATH] [--mode M ...] [--limit N] [--out DIR]
@@ -48,8 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p_serve = sub.add_parser("serve", help="run one service in the foreground")
-    p_serve.add_argument("service", choices=["retriever", "reward", "rollout", "trainer"])
+    p_serve.add_argument("service", choices=["retriever", "reward", "rollout", "trainer", "agent"])
     _config_args(p_serve)
+    p_serve.add_argument("--model", help="agent: HF folder or builtin:NAME (default: model.path)")
+    p_serve.add_argument("--port", type=int, help="agent: HTTP port (default 8080)")
+    p_serve.add_argument(
+        "--retriever", metavar="ADDR", help="agent: a running retriever service (default: built in process)"
+    )
 
     p_ret = sub.add_parser("retriever", help="retriever tools")
     ret_sub = p_ret.add_subparsers(dest="action", required=True)
@@ -162,7 +168,13 @@ def main(argv: list[str] | None = None) -> int:
                 Path(cfg.run.run_dir) / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
             )
             return up(cfg)
+        if args.command == "serve" and args.service == "agent":
+            from searchrl.agent.serve import serve_agent
+
+            return serve_agent(cfg, args.model, args.port, args.retriever)
         if args.command == "serve":
+            if args.model or args.port or args.retriever:
+                raise ConfigError("--model / --port / --retriever: only for `searchrl serve agent`")
             from searchrl.services import serve
 
             return serve(args.service, cfg)
