@@ -12,6 +12,7 @@ from searchrl.grpcutil import RPCS_PER_WORKER, Server, rpc
 from searchrl.proto import common_pb2, retriever_pb2, retriever_pb2_grpc
 from searchrl_retriever.batcher import BatcherClosed
 from searchrl_retriever.http_api import HttpServer
+from searchrl_retriever.router import response_status
 from searchrl_retriever.service import Retriever, describe_shard_errors, open_retriever
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,8 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServicer):
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
         except BatcherClosed as e:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
-        if hits.partial:  # an OK status with the hits that came, and which shards did not answer
+        if hits.partial:  # an OK status with the hits that came, and which shards did not answer (also in the
+            # response's partial/shard_errors fields)
             context.set_trailing_metadata(((SHARD_ERRORS_KEY, describe_shard_errors(hits.shard_errors)),))
         return retriever_pb2.SearchResponse(
             results=[
@@ -44,7 +46,8 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServicer):
                     ]
                 )
                 for row in hits
-            ]
+            ],
+            **response_status(hits),
         )
 
     @rpc("retriever")

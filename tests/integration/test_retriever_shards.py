@@ -19,7 +19,7 @@ from searchrl.proto import retriever_pb2, retriever_pb2_grpc
 from searchrl.redisio import free_port
 from searchrl_retriever.backend import index_dir, open_backend
 from searchrl_retriever.router import Router, response_status
-from searchrl_retriever.server import serve
+from searchrl_retriever.server import SHARD_ERRORS_KEY, serve
 from tests.conftest import tiny_config_at
 
 QUERIES = [
@@ -125,6 +125,28 @@ def test_a_down_shard_leaves_partial_results_and_says_so(cluster) -> None:
     status = response_status(rows)
     assert status["partial"] is True and status["shard_errors"][0].code == "UNAVAILABLE"
     assert response_status(shard0) == {}
+
+
+def test_a_grpc_caller_of_a_router_with_a_down_shard_sees_partial_and_why(cluster, tmp_path) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    cfg = tiny_config_at(tmp_path / "router")
+    cfg.retriever.router.shards = [cluster["addresses"][0], dead]
+    cfg.retriever.mode = "router"
+    cfg.retriever.port, cfg.retriever.metrics_port = free_port(), free_port()
+    server = serve(cfg)
+    try:
+        with channel(f"127.0.0.1:{cfg.retriever.port}", cfg.security) as ch:
+            stub = retriever_pb2_grpc.RetrieverStub(ch)
+            response, call = stub.Search.with_call(
+                retriever_pb2.SearchRequest(queries=QUERIES, top_k=3), timeout=30
+            )
+    finally:
+        server.stop(0)
+    assert response.partial and [(e.shard, e.address, e.code) for e in response.shard_errors] == [
+        (1, dead, "UNAVAILABLE")
+    ]
+    assert all(len(r.passages) == 3 for r in response.results)  # shard 0's answers
+    assert dict(call.trailing_metadata())[SHARD_ERRORS_KEY]
 
 
 def test_a_stopped_shard_misses_the_deadline(cluster) -> None:
