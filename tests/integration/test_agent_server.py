@@ -5,13 +5,15 @@ server against a running retriever service (`--retriever ADDR`)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from searchrl.protocol import R1_SEARCHER
-from tests.conftest import tiny_config_at
+from tests.conftest import ROOT, tiny_config_at
 from tests.integration.agent_kit import sse_events, start_agent, stop_agent
 
 TOKEN = "agent-test-token-0123456789"
@@ -144,3 +146,20 @@ def test_a_running_retriever_service_over_grpc(retriever_and_reward, tmp_path):
         check_answer(resp.json())
     finally:
         stop_agent(proc)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["serve", "reward", "--port", "9"],
+            "--model / --port / --retriever: only for `searchrl serve agent`",
+        ),
+        (["serve", "agent", "--model", "/nonexistent/model"], "'/nonexistent/model' is not a folder"),
+    ],
+)
+def test_cli_mistakes_exit_2_with_a_message(args, message):
+    proc = subprocess.run(
+        [sys.executable, "-m", "searchrl.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
