@@ -20,6 +20,7 @@ from pathlib import Path
 
 from searchrl.config import Config, dump_config
 from searchrl.evaluate import MODES
+from searchrl.preflight import missing_inputs
 from searchrl.proc import die_with_parent
 from searchrl.world import generate_world, write_world
 
@@ -197,6 +198,11 @@ def demo(cfg: Config, steps: int | None, minutes: float | None, run_dir: Path, n
 
     t0 = time.monotonic()
     seed = cfg.run.seed
+    missing = [m for m in missing_inputs(cfg) if not m.startswith(("retriever.corpus", "trainer.stages"))]
+    if missing:  # the demo writes its own world (corpus and questions); the rest must exist before it starts
+        print(f"error: {cfg.source}: nothing started, inputs missing:", file=sys.stderr)
+        print("\n".join(f"  {m}" for m in missing), file=sys.stderr, flush=True)
+        return 2
     world = prepare_world(cfg, seed, n_test=max(300, n_eval))
     print("preparing the model (converted once, then cached)", flush=True)
     resolve_model(cfg.model.path, cfg.model.cache_dir, seed)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from searchrl.config import Config, SecurityConfig, dump_config, read_token, redact
 from searchrl.grpcutil import channel, wait_serving
+from searchrl.preflight import last_error, missing_inputs
 from searchrl.proc import die_with_parent
 from searchrl.proto import rollout_pb2, rollout_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from searchrl.redisio import EmbeddedRedis, free_port
@@ -166,6 +167,11 @@ def _print_step(line: str) -> None:
 
 
 def up(cfg: Config, startup_timeout: float = 1800.0, sync_timeout: float = 300.0) -> int:
+    missing = missing_inputs(cfg)
+    if missing:
+        print(f"error: {cfg.source}: nothing started, inputs missing:", file=sys.stderr)
+        print("\n".join(f"  {m}" for m in missing), file=sys.stderr, flush=True)
+        return 2
     stack = prepare(cfg)
     run_dir = stack.run_dir
     interrupted = False
@@ -201,7 +207,15 @@ def up(cfg: Config, startup_timeout: float = 1800.0, sync_timeout: float = 300.0
         print("interrupted: shutting down", flush=True)
         return 130
     except (RuntimeError, TimeoutError) as e:
-        print(f"error: {e}\nlogs: {run_dir}/logs", file=sys.stderr, flush=True)
+        print(f"error: {e}", file=sys.stderr)
+        for name in stack.dead():
+            log = run_dir / "logs" / f"{name}.log"
+            why = last_error(log) or "(nothing in its log)"
+            print(
+                f"  {name} exited with status {stack.procs[name].returncode}: {why}\n    log: {log}",
+                file=sys.stderr,
+            )
+        print(f"logs: {run_dir}/logs", file=sys.stderr, flush=True)
         return 1
     finally:
         stack.stop(timeout=5.0 if interrupted else 20.0)
