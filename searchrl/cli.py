@@ -5,7 +5,9 @@
   searchrl serve agent -c CONFIG [--model DIR] [--port P] [--retriever ADDR]   (docs/serving.md)
   searchrl retriever build-index -c CONFIG [--force]
   searchrl demo [--protocol P | -c configs/demo-cpu.yaml] [--steps N] [--minutes M]
-  searchrl eval -c CONFIG --data FILE [--model PATH] [--mode M ...] [--limit N] [--out DIR]
+  searchrl eval -c CONFIG (--data FILE | --suite r1searcher) [--model PATH] [--mode M ...] [--limit N]
+                [--judge [--judge-url URL --judge-model NAME]] [--out DIR]       (docs/evaluation.md)
+  searchrl grade -c CONFIG --data FILE [--model PATH] [--limit N] [--out DIR]   (R1-Searcher difficulty levels)
   searchrl reward score --preset P [-c CONFIG] [--set reward.r1s_...] < in.jsonl > out.jsonl   (docs/rewards.md)
   searchrl audit --run-dir D [--json]       (every prompt task accounted for; exit 1 on a double or a loss)
   searchrl cluster {status,scale COMPONENT=N,wait-index} ...   (a Helm release; searchrl/cluster.py)
@@ -81,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--eval-questions", type=int, default=100, help="held-out questions per evaluation")
     p_demo.add_argument("--run-dir", help="default: <run.run_dir>/demo-<time>")
 
-    p_eval = sub.add_parser("eval", help="greedy evaluation: no-retrieval / naive-rag / search-agent")
+    p_eval = sub.add_parser(
+        "eval", help="greedy evaluation: no-retrieval / naive-rag / iter-retgen / ircot / search-agent"
+    )
     _config_args(p_eval)
     p_eval.add_argument(
         "--model",
@@ -89,15 +93,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="HF folder or builtin:NAME (default: model.path); "
         "repeatable: later models are swapped into the same engine by weight reload",
     )
-    p_eval.add_argument("--data", required=True, help="R1-Searcher-format JSONL (question, answer)")
+    p_eval.add_argument("--data", help="R1-Searcher-format JSONL (question, answer)")
+    p_eval.add_argument(
+        "--suite",
+        choices=["r1searcher"],
+        help="instead of --data: HotpotQA, 2Wiki, MuSiQue, Bamboogle from eval.suite_dir, one table",
+    )
     p_eval.add_argument(
         "--mode",
         action="append",
-        choices=["no-retrieval", "naive-rag", "search-agent"],
-        help="repeatable; default: all three",
+        choices=["no-retrieval", "naive-rag", "iter-retgen", "ircot", "search-agent"],
+        help="repeatable; default: no-retrieval, naive-rag, search-agent (--suite: all five)",
     )
+    p_eval.add_argument(
+        "--judge",
+        action="store_true",
+        help="LLM-as-judge (R1-Searcher's True/False): eval.judge_url, else a local vLLM server on "
+        "eval.judge_model_path (default model.path)",
+    )
+    p_eval.add_argument("--judge-url", help="OpenAI-compatible base URL (eval.judge_url); implies --judge")
+    p_eval.add_argument("--judge-model", help="model name at --judge-url (eval.judge_model)")
     p_eval.add_argument("--limit", type=int, help="N questions spread evenly over the file")
     p_eval.add_argument("--out", help="directory for results.json and <mode>.jsonl (default: <run_dir>/eval)")
+
+    p_grade = sub.add_parser(
+        "grade", help="R1-Searcher difficulty by rollouts-to-solve; writes stage-1 / stage-2 training files"
+    )
+    _config_args(p_grade)
+    p_grade.add_argument("--data", required=True, help="training questions (any format `eval` reads)")
+    p_grade.add_argument("--model", help="HF folder or builtin:NAME (default: model.path)")
+    p_grade.add_argument("--limit", type=int, help="N questions spread evenly over the file")
+    p_grade.add_argument("--out", help="directory for grades.jsonl, stage_1.jsonl, stage_2.jsonl")
 
     p_rew = sub.add_parser("reward", help="reward tools")
     rew_sub = p_rew.add_subparsers(dest="action", required=True)
@@ -186,7 +212,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "eval":
             from searchrl.eval_cli import run_eval
 
-            return run_eval(cfg, args.model, args.data, args.mode, args.limit, args.out)
+            if args.judge_url:
+                cfg.eval.judge_url = args.judge_url
+            if args.judge_model:
+                cfg.eval.judge_model = args.judge_model
+            judge = args.judge or bool(args.judge_url)
+            return run_eval(cfg, args.model, args.data, args.mode, args.limit, args.out, judge, args.suite)
+        if args.command == "grade":
+            from searchrl.grade import run_grade
+
+            out = args.out or str(Path(cfg.run.run_dir) / "grade")
+            return run_grade(cfg, args.model, args.data, args.limit, out)
         if args.command == "retriever":
             from searchrl_retriever.backend import build_indexes
 

@@ -630,8 +630,55 @@ class SecurityConfig(_Section):
         return self
 
 
+class EvalConfig(_Section):
+    """`searchrl eval` (docs/evaluation.md): the multi-step baselines, the LLM judge and `searchrl grade`."""
+
+    iter_retgen_iterations: int = Field(
+        3, ge=1, description="Iter-RetGen retrieve-generate iterations (FlashRAG's default)."
+    )
+    ircot_max_iter: int = Field(
+        2, ge=0, description="IRCoT reasoning steps, one retrieval each (FlashRAG's default)."
+    )
+    ircot_max_docs: int = Field(
+        15, ge=1, description="IRCoT: passages gathered for the reader (Trivedi et al.: 15)."
+    )
+    judge_url: str = Field(
+        "",
+        description="OpenAI-compatible base URL of the judge (e.g. https://api.openai.com/v1); '' = start vLLM's "
+        "OpenAI server on judge_model_path for the run.",
+    )
+    judge_model: str = Field(
+        "", description="Model name sent to judge_url ('' = the local server's 'judge')."
+    )
+    judge_model_path: str = Field(
+        "", description="Local judge model (HF folder or builtin:NAME) when judge_url is ''; '' = model.path."
+    )
+    judge_api_key_env: str = Field(
+        "OPENAI_API_KEY",
+        description="Environment variable holding the judge's API key (unset = no key sent).",
+    )
+    judge_concurrency: int = Field(8, ge=1, description="Judge requests in flight at once.")
+    suite_dir: str = Field(
+        "data/r1searcher",
+        description="`--suite r1searcher`: folder of hotpotqa_500 / 2wiki_500 / musique_500 / bamboogle .jsonl.",
+    )
+    grade_rollouts: int = Field(
+        30,
+        ge=1,
+        description="`searchrl grade`: sampled rollouts at most per question (R1-Searcher's levels "
+        "need > 20 to tell difficult from unsolved).",
+    )
+    grade_easy_below: int = Field(
+        10, ge=1, description="Solved within fewer rollouts than this: easy (R1-Searcher: < 10)."
+    )
+    grade_difficult_above: int = Field(
+        20, ge=1, description="Solved only after more rollouts than this: difficult (R1-Searcher: > 20)."
+    )
+
+
 class Config(_Section):
     run: RunConfig = Field(default_factory=RunConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     addresses: AddressesConfig = Field(default_factory=AddressesConfig)
     streams: StreamsConfig = Field(default_factory=StreamsConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -768,8 +815,50 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+# Keys whose values are file system paths ("stages[]": every item of the list). In a config file a relative one
+# means relative to the file's folder (as in docker-compose), so a config runs from any working directory;
+# values from --set and the defaults stay relative to the working directory, like any command-line path.
+PATH_KEYS = (
+    "run.run_dir",
+    "model.path",
+    "model.cache_dir",
+    "retriever.corpus",
+    "retriever.index_dir",
+    "retriever.embedder",
+    "retriever.web.key_file",
+    "rollout.weights_dir",
+    "trainer.stages[].data",
+    "security.token_file",
+    "security.tls_cert",
+    "security.tls_key",
+    "security.tls_ca",
+)
+
+
+def resolve_relative_paths(tree: dict[str, Any], base: Path) -> None:
+    """Rewrite, in place, every relative path under PATH_KEYS in a raw config dict as `base`/path (normalised).
+    Empty values, builtin names (`builtin:...`), `~` paths and absolute paths are left as they are."""
+
+    def visit(node: object, parts: list[str]) -> None:
+        if not isinstance(node, dict) or parts[0].removesuffix("[]") not in node:
+            return
+        name = parts[0].removesuffix("[]")
+        if parts[0].endswith("[]"):
+            for item in node[name] if isinstance(node[name], list) else []:
+                visit(item, parts[1:])
+        elif len(parts) > 1:
+            visit(node[name], parts[1:])
+        elif isinstance(value := node[name], str) and value and not value.startswith(("builtin:", "~")):
+            if not Path(value).is_absolute():
+                node[name] = os.path.normpath(base / value)
+
+    for key in PATH_KEYS:
+        visit(tree, key.split("."))
+
+
 def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Config:
-    """Load `path` (YAML; None = defaults), apply `key=value` overrides, then env addresses; validate."""
+    """Load `path` (YAML; None = defaults; its relative paths resolve against its folder, see PATH_KEYS), apply
+    `key=value` overrides, then env addresses; validate."""
     source = str(path) if path else "<defaults>"
     raw: dict[str, Any] = {}
     if path:
@@ -783,6 +872,7 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
         if not isinstance(loaded, dict):
             raise ConfigError(f"{source}: top level must be a mapping of sections")
         raw = loaded
+        resolve_relative_paths(raw, p.absolute().parent)
     for assignment in overrides or []:
         apply_override(raw, assignment)
     try:
