@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from searchrl.config import ConfigError, load_config
@@ -53,3 +55,26 @@ def test_env_sets_addresses_only(monkeypatch):
     cfg = load_config(None)
     assert cfg.addresses.redis_url == "redis://:secret@redis:6379/0"
     assert cfg.addresses.retriever == "retriever:50051" and cfg.addresses.rollout == ["a:1", "b:2"]
+
+
+def test_relative_paths_in_a_file_resolve_against_its_folder_from_any_cwd(tmp_path, monkeypatch):
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    (folder / "c.yaml").write_text(
+        "run: {run_dir: runs}\n"
+        "model: {path: builtin:tiny-searcher, cache_dir: ~/.cache/x}\n"
+        "retriever: {corpus: ../data/corpus.jsonl, index_dir: /abs/index, embedder: models/emb}\n"
+        "trainer: {stages: [{name: a, data: a.jsonl, steps: 1}, {name: b, data: sub/b.jsonl}]}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("elsewhere/c.yaml", ["security.token_file=tok"])
+    assert cfg.run.run_dir == str(folder / "runs")
+    assert cfg.retriever.corpus == str(tmp_path / "data" / "corpus.jsonl")
+    assert cfg.retriever.embedder == str(folder / "models" / "emb")
+    assert [s.data for s in cfg.trainer.stages] == [str(folder / "a.jsonl"), str(folder / "sub" / "b.jsonl")]
+    # builtin names, ~ and absolute paths are kept; --set values are relative to the working directory
+    assert cfg.model.path == "builtin:tiny-searcher" and cfg.model.cache_dir == "~/.cache/x"
+    assert cfg.retriever.index_dir == "/abs/index" and cfg.security.token_file == "tok"
+    # the bundled configs find the repo's data from any working directory
+    monkeypatch.chdir("/")
+    assert Path(load_config(Path(__file__).parents[2] / "configs" / "tiny.yaml").retriever.corpus).is_file()
