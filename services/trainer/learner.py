@@ -229,9 +229,10 @@ class Learner:
         return out.logits[:, :R].float()
 
     @torch.no_grad()
-    def _logprobs(self, model: torch.nn.Module, b: Batch, own: torch.Tensor) -> torch.Tensor:
-        """Response log-probs of the whole batch, [B, R]: each rank computes its rows `own`, a sum over the
-        ranks fills in the rest (every row is some rank's)."""
+    def _logprobs(self, model: torch.nn.Module, b: Batch, own: torch.Tensor | None = None) -> torch.Tensor:
+        """Response log-probs of the whole batch, [B, R]: each rank computes its rows `own` (default: its
+        shard), a sum over the ranks fills in the rest (every row is some rank's)."""
+        own = b.shard(self.rank, self.world_size) if own is None else own
         out = torch.zeros(b.response_ids.shape, dtype=torch.float32, device=self.device)
         for idx in b.micro_batches(self.micro, own):
             mb = b.rows(idx)
