@@ -47,7 +47,7 @@ def run_driver(tmp_path: Path, world_size: int, **extra) -> dict:
     return torch.load(out)
 
 
-@pytest.mark.parametrize("zero_stage", [2])
+@pytest.mark.parametrize("zero_stage", [2, 3])
 def test_two_gloo_ranks_give_the_update_of_one_rank(tmp_path, zero_stage):
     one = run_driver(tmp_path, 1, zero_stage=zero_stage)
     two = run_driver(tmp_path, 2, zero_stage=zero_stage)
