@@ -391,7 +391,24 @@ class RolloutConfig(_Section):
         le=1.0,
         description="null = the protocol's (R1-Searcher 0.95, ReSearch 1.0, Search-R1 0.95).",
     )
-    tasks_per_batch: int = Field(4, ge=1, description="Prompt tasks taken from Redis per generation batch.")
+    tasks_per_batch: int = Field(
+        4,
+        ge=1,
+        description="engine sync: prompt tasks taken from Redis per generation batch. engine async: tasks taken "
+        "per `step()` (tests, tools); the service admits by max_concurrent instead.",
+    )
+    engine: Literal["async", "sync"] = Field(
+        "sync",
+        description="async: every sample advances on its own on vLLM's AsyncLLM and tasks are admitted as slots "
+        "free up (services/rollout/async_worker.py); sync: batch-synchronous rounds on the offline engine, each "
+        "waiting for its slowest sample (services/rollout/worker.py).",
+    )
+    max_concurrent: int = Field(
+        64,
+        ge=1,
+        description="engine async: samples (engine requests) in flight at most; a task is admitted when its "
+        "group fits (a group larger than this runs alone). Raise it towards vLLM's max_num_seqs on GPU.",
+    )
     dtype: Literal["bfloat16", "float32", "float16", "auto"] = "bfloat16"
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
     kv_cache_gib: int = Field(2, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU.")

@@ -46,7 +46,8 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
     @rpc("rollout")
     def SyncWeights(self, request, context):  # noqa: N802
         """Records the request and answers at once with the current status: the worker loop pulls and reloads
-        between batches (the engine is driven from the loop thread only; a reload must never overlap a batch)."""
+        between batches (sync engine) or between segments (async engine); the engine is driven from the loop
+        thread only and a reload never overlaps a generation."""
         if request.min_version < 0:
             raise ValueError("min_version: must be >= 0")
         self.worker.request_sync(request.min_version)
@@ -83,18 +84,25 @@ def grpc_score(stub: reward_pb2_grpc.RewardStub):
 
 
 def build_worker(cfg: Config, redis_url: str) -> RolloutWorker:
+    """The worker of `rollout.engine`: AsyncRolloutWorker on vLLM's AsyncLLM, or RolloutWorker on the offline
+    engine."""
     from transformers import AutoTokenizer
 
+    from searchrl_rollout.async_engine import AsyncVllmEngine
+    from searchrl_rollout.async_worker import AsyncRolloutWorker
     from searchrl_rollout.engine import VllmEngine
 
     model_path = resolve_model(cfg.model.path, cfg.model.cache_dir, cfg.run.seed)
-    engine = VllmEngine.from_config(model_path, cfg.rollout, cfg.run.seed)
+    asynchronous = cfg.rollout.engine == "async"
+    make_engine = AsyncVllmEngine if asynchronous else VllmEngine
+    engine = make_engine.from_config(model_path, cfg.rollout, cfg.run.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     a = cfg.addresses
     search = grpc_search(retriever_pb2_grpc.RetrieverStub(channel(a.retriever, cfg.security)))
     score = grpc_score(reward_pb2_grpc.RewardStub(channel(a.reward, cfg.security)))
     pull = make_puller(trainer_pb2_grpc.TrainerStub(channel(a.trainer, cfg.security)))
-    return RolloutWorker(cfg, engine, tokenizer, search, score, pull, redisio.connect(redis_url))
+    worker = AsyncRolloutWorker if asynchronous else RolloutWorker
+    return worker(cfg, engine, tokenizer, search, score, pull, redisio.connect(redis_url))
 
 
 def serve(cfg: Config, redis_url: str) -> tuple[Server, RolloutWorker]:

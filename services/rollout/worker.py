@@ -77,6 +77,11 @@ _TRANSIENT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEED
 BROKEN_AFTER = 3  # different tasks failing alone in a row: the fault is in this worker, not in the tasks
 
 
+def _backoff_s(failures: int) -> float:
+    """Pause after `failures` failed batches (or tasks) in a row."""
+    return min(2.0 * failures, 30.0)
+
+
 class WorkerBroken(RuntimeError):
     """This worker cannot roll out anything (e.g. its engine died): it exits, to be restarted, instead of
     dead-lettering every task it takes."""
@@ -170,28 +175,34 @@ class RolloutWorker:
         with self._request_lock:
             self._requested = max(self._requested, min_version)
 
-    def _sync(self, need: int) -> float:
-        """Loop thread only. Pull the newest weights when Redis announces a version other than the one last
-        synced to (a restarted trainer may announce a lower number), or when the held ones are older than `need`
-        or a `request_sync` version; those two are capped at the announced version, so neither a poison
-        min_policy_version nor a request can make the loop wait for a version that may never come. A payload
-        with the held version and sha256 is not reloaded. Returns seconds spent."""
+    def _sync_target(self, need: int) -> int | None:
+        """The announced version to pull, or None when the held weights do: Redis announces the version last
+        synced to, and the held ones are at least `need` and any `request_sync` version (those two capped at the
+        announced version, so neither a poison min_policy_version nor a request can make the loop wait for a
+        version that may never come). Consumes the request."""
         announced = self.announced_version()
         with self._request_lock:
             need, self._requested = min(max(need, self._requested), announced), 0
-        st = self.state
-        if st.version >= need and announced == self._synced_for:
-            return 0.0
-        t0 = time.perf_counter()
-        version, sha, folder = self.pull(announced, self.weights_dir, self.cfg.rollout.weights_pull_timeout_s)
-        if (version, sha) == (st.version, st.weights_sha256):
-            shutil.rmtree(folder, ignore_errors=True)
-        else:
-            self.engine.load_weights(folder)
+        if self.state.version >= need and announced == self._synced_for:
+            return None
+        return announced
+
+    def _pulled_is_held(self, version: int, sha: str, folder: str) -> bool:
+        """A pulled payload with the held version and sha256 is not reloaded (its folder is removed)."""
+        if (version, sha) != (self.state.version, self.state.weights_sha256):
+            return False
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
+
+    def _adopt(self, announced: int, pulled: tuple[int, str, str] | None, t0: float) -> float:
+        """After the engine loaded `pulled` (None: nothing new): record it, delete the folder it replaced;
+        returns seconds since `t0`."""
+        if pulled is not None:
+            version, sha, folder = pulled
             if self._folder:
                 shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = folder
-            st.version, st.weights_sha256 = version, sha
+            self.state.version, self.state.weights_sha256 = version, sha
             VERSION.set(version)
             log.info("loaded policy v%d (%s) in %.2fs", version, sha[:12], time.perf_counter() - t0)
         self._synced_for = announced
@@ -199,12 +210,26 @@ class RolloutWorker:
         PHASE.labels("weight_sync").observe(dt)
         return dt
 
+    def _sync(self, need: int) -> float:
+        """Loop thread only. Pull the newest weights when `_sync_target` names a version; a payload with the held
+        version and sha256 is not reloaded. Returns seconds spent."""
+        announced = self._sync_target(need)
+        if announced is None:
+            return 0.0
+        t0 = time.perf_counter()
+        pulled = self.pull(announced, self.weights_dir, self.cfg.rollout.weights_pull_timeout_s)
+        if self._pulled_is_held(*pulled):
+            return self._adopt(announced, None, t0)
+        self.engine.load_weights(pulled[2])
+        return self._adopt(announced, pulled, t0)
+
     # ---- task intake ----------------------------------------------------------------------------------------
 
-    def _intake(self, block_ms: int) -> tuple[list[redisio.Entry], bool]:
-        """Entries to work on, and whether they are redeliveries. Redelivered ones come one at a time, so a task
-        that kills its worker takes no other task down with it."""
-        s, n = self.streams, self.cfg.rollout.tasks_per_batch
+    def _intake(self, block_ms: int | None, n: int) -> tuple[list[redisio.Entry], bool]:
+        """Entries to work on (at most `n` new ones; block_ms None: do not wait), and whether they are
+        redeliveries. Redelivered ones come one at a time, so a task that kills its worker takes no other task
+        down with it."""
+        s = self.streams
         if self._own_pending_left:
             own = redisio.own_pending(self.r, s.prompts, GROUP, self.consumer, 1)
             if own:
@@ -223,8 +248,8 @@ class RolloutWorker:
             rows = p.execute()
         return {eid: row[0]["times_delivered"] for eid, row in zip(eids, rows, strict=True) if row}
 
-    def _take(self, block_ms: int) -> list[Held]:
-        entries, redelivered = self._intake(block_ms)
+    def _take(self, block_ms: int | None, n: int) -> list[Held]:
+        entries, redelivered = self._intake(block_ms, n)
         counts = self._deliveries([eid for eid, _ in entries]) if redelivered else {}
         limit = self.streams.max_deliveries
         held = []
@@ -279,7 +304,7 @@ class RolloutWorker:
         leaves the tasks it did not finish pending (see the module docstring)."""
         block = int(self.cfg.rollout.poll_interval_s * 1000) if block_ms is None else block_ms
         sync_s = self._sync(0)
-        held = self._take(block)
+        held = self._take(block, self.cfg.rollout.tasks_per_batch)
         if not held:
             return 0
         with self._inflight_lock:
@@ -325,13 +350,18 @@ class RolloutWorker:
 
     def _task_failed_alone(self, h: Held, e: Exception) -> None:
         """Dead-letter a task that fails on its own, unless this worker has failed too many different tasks in
-        a row: then the worker is what is broken (WorkerBroken; the task stays pending for a healthy one)."""
+        a row (`_count_failed_alone`)."""
+        self._count_failed_alone(e)
+        self._dead_letter(h.eid, h.fields, f"failed alone: {_describe(e)}", "failed")
+
+    def _count_failed_alone(self, e: Exception) -> None:
+        """Count a task that failed on its own; after BROKEN_AFTER in a row the worker is what is broken
+        (WorkerBroken; the task stays pending for a healthy one)."""
         self._failed_alone += 1
         if self._failed_alone >= BROKEN_AFTER:
             raise WorkerBroken(
                 f"{self._failed_alone} different tasks failed alone in a row: {_describe(e)}"
             ) from e
-        self._dead_letter(h.eid, h.fields, f"failed alone: {_describe(e)}", "failed")
 
     def _commit(self, done: list[Held], trajs: list[Trajectory]) -> tuple[list[Held], list[Trajectory]]:
         """ONE transaction: XADD the trajectories, XACK + XDEL the tasks, for the tasks this consumer still owns;
@@ -366,11 +396,23 @@ class RolloutWorker:
         loop = run_search_loop(
             self.engine, self.search, tokenize, self.protocol, [s for _, _, s in samples], self.limits
         )
+        self.heartbeat()
+        return self._trajectories(samples, loop, sync_s, [[version]] * len(samples))
+
+    def _trajectories(
+        self,
+        samples: list[tuple[PromptTask, int, Sample]],
+        loop: LoopTimings,
+        sync_s: float,
+        versions: list[list[int]],
+    ) -> list[Trajectory]:
+        """Score rolled-out samples and make their trajectories. `versions[j]`: the policy versions sample j's
+        segments were generated under, in order; its `policy_version` is the first (the trainer then measures
+        staleness from the oldest weights that produced it, and counts a sample begun under rolled-back weights as
+        stale), `metrics.policy_versions` how many there were. Raises when every search failed transiently."""
         PHASE.labels("generate").observe(loop.generate_s)
         PHASE.labels("retrieve").observe(loop.retrieve_s)
         self._check_searches(loop, sum(s.search_failures for _, _, s in samples))
-        self.heartbeat()
-
         t0 = time.perf_counter()
         scores = self._score(samples)
         reward_s = time.perf_counter() - t0
@@ -384,14 +426,14 @@ class RolloutWorker:
             "weight_sync_s": sync_s / n,
         }
         out = []
-        for (task, i, s), sc in zip(samples, scores, strict=True):
+        for (task, i, s), sc, vs in zip(samples, scores, versions, strict=True):
             out.append(
                 Trajectory(
                     traj_id=f"{task.task_id}/{i}",
                     task_id=task.task_id,
                     sample_index=i,
                     group_size=task.group_size,
-                    policy_version=version,
+                    policy_version=vs[0] if vs else self.state.version,
                     prompt_ids=np.asarray(s.prompt_ids, np.int32),
                     response_ids=np.asarray(s.response_ids, np.int32),
                     loss_mask=np.asarray(s.loss_mask, np.uint8),
@@ -404,6 +446,7 @@ class RolloutWorker:
                         "format_ok": float(sc.format_ok),
                         "num_searches": float(s.num_searches),
                         "search_failures": float(s.search_failures),
+                        "policy_versions": float(len(set(vs))),
                         **share,
                     },
                     finish_reason=s.finish_reason,
@@ -482,28 +525,35 @@ class RolloutWorker:
         backoff), never the end of the worker. Then `close()`."""
         hb = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         hb.start()
-        failures = 0
         try:
-            while not self._stop.is_set():
-                try:
-                    self.step()
-                    failures = 0
-                except WorkerBroken:
-                    raise  # exit non-zero: compose or Kubernetes restarts it (`searchrl up` reports it and stops)
-                except Exception as e:
-                    failures += 1
-                    # Our own pending tasks now wait to be reclaimed once idle (by us or another worker), each
-                    # reclaim counting as a delivery, instead of being re-read here in a tight loop.
-                    self._own_pending_left = False
-                    if is_transient(e):
-                        log.warning("batch failed (%s); its tasks stay pending for a retry", _describe(e))
-                    else:
-                        log.exception("batch failed; its unfinished tasks stay pending for a retry")
-                    self._stop.wait(min(2.0 * failures, 30.0))
+            self._serve()
         finally:
             self._stop.set()
             hb.join()
             self.close()
+
+    def _serve(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self.step()
+                failures = 0
+            except WorkerBroken:
+                raise  # exit non-zero: compose or Kubernetes restarts it (`searchrl up` reports it and stops)
+            except Exception as e:
+                failures += 1
+                self._failed(e, "batch")
+                self._stop.wait(_backoff_s(failures))
+
+    def _failed(self, e: Exception, what: str) -> None:
+        """Log a failure that leaves its tasks pending. Our own pending tasks now wait to be reclaimed once idle
+        (by us or another worker), each reclaim counting as a delivery, instead of being re-read in a tight
+        loop."""
+        self._own_pending_left = False
+        if is_transient(e):
+            log.warning("%s failed (%s); its tasks stay pending for a retry", what, _describe(e))
+        else:
+            log.error("%s failed; its unfinished tasks stay pending for a retry", what, exc_info=e)
 
     def _heartbeat_loop(self) -> None:
         period = max(self.streams.claim_idle_ms / 3000.0, 0.05)

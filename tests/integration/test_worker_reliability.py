@@ -1,10 +1,13 @@
 """The rollout worker's failure handling (review findings 4, 8, 9, L1, L6-L8) against real Redis, real retriever,
 reward and trainer gRPC servers, with a scripted engine in place of vLLM (the third-party boundary; one char is one
-token). Nothing here starts vLLM; tests/integration/test_rollout_worker.py runs the worker on the real engine.
+token). Every test runs on both workers: the batch-synchronous RolloutWorker and the per-sample
+AsyncRolloutWorker (`rollout.engine`). Nothing here starts vLLM; tests/integration/test_rollout_worker.py runs the
+worker on the real engine.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -27,6 +30,7 @@ from searchrl.protocol import R1_SEARCHER as P
 from searchrl.records import PromptTask, Trajectory, task_id_of
 from searchrl.redisio import ensure_group, failed_key, policy_version_key
 from searchrl.weightsync import WEIGHTS_FILE, WeightStore
+from searchrl_rollout.async_worker import AsyncRolloutWorker
 from searchrl_rollout.engine import GenOut, GenParams
 from searchrl_rollout.server import RolloutServicer, grpc_score, grpc_search
 from searchrl_rollout.worker import RolloutWorker, make_puller
@@ -86,6 +90,22 @@ class FakeEngine:
         self.calls.append(("load", threading.get_ident(), t0, time.perf_counter()))
 
 
+class AsyncFakeEngine(FakeEngine):
+    """The scripted searcher as an async engine: one request per call, yielding to the event loop in between."""
+
+    async def generate(self, prompt_ids: list[int], params: GenParams) -> GenOut:  # type: ignore[override]
+        t0 = time.perf_counter()
+        if self.hook is not None:
+            self.hook()
+        await asyncio.sleep(0)
+        out = self._segment("".join(map(chr, prompt_ids)), params)
+        self.calls.append(("generate", threading.get_ident(), t0, time.perf_counter()))
+        return out
+
+    async def load_weights(self, directory: str) -> None:  # type: ignore[override]
+        FakeEngine.load_weights(self, directory)
+
+
 def _grpc_server(register, servicer) -> tuple[grpc.Server, str]:  # noqa: ANN001
     server = grpc.server(futures.ThreadPoolExecutor(4))
     register(servicer, server)
@@ -102,9 +122,12 @@ def trainer(retriever_and_reward):
     server.stop(0)
 
 
-@pytest.fixture()
-def make_worker(retriever_and_reward, trainer, redis_client, tmp_path):
+@pytest.fixture(params=["sync", "async"])
+def make_worker(request, retriever_and_reward, trainer, redis_client, tmp_path):
     store, trainer_addr = trainer
+    worker, engine = (
+        (AsyncRolloutWorker, AsyncFakeEngine) if request.param == "async" else (RolloutWorker, FakeEngine)
+    )
     made: list[RolloutWorker] = []
 
     def make(consumer: str | None = "w1", search_addr: str | None = None, **rollout) -> RolloutWorker:
@@ -113,9 +136,9 @@ def make_worker(retriever_and_reward, trainer, redis_client, tmp_path):
         cfg.rollout.weights_dir = str(tmp_path / "weights")
         for k, v in rollout.items():
             setattr(cfg.rollout, k, v)
-        w = RolloutWorker(
+        w = worker(
             cfg,
-            FakeEngine(),
+            engine(),
             CharTokenizer(),
             grpc_search(
                 retriever_pb2_grpc.RetrieverStub(
@@ -369,7 +392,7 @@ def test_a_worker_that_fails_every_task_exits_instead_of_dead_lettering_the_queu
     from searchrl_rollout.worker import BROKEN_AFTER, WorkerBroken
 
     r = redis_client
-    w = make_worker(tasks_per_batch=1)
+    w = make_worker(tasks_per_batch=1, max_concurrent=2)  # one task of 2 samples at a time
     for i in range(BROKEN_AFTER + 2):
         push(r, f"p{i}", question=f"POISON question {i}")
     with pytest.raises(WorkerBroken, match=f"{BROKEN_AFTER} different tasks failed alone"):
@@ -377,3 +400,68 @@ def test_a_worker_that_fails_every_task_exits_instead_of_dead_lettering_the_queu
     assert len(dead_letters(r)) == BROKEN_AFTER - 1
     assert r.xlen("prompts") == 3  # the task it broke on (still pending) and two it never took: not lost
     assert r.xpending("prompts", "rollout")["pending"] == 1
+
+
+def _run_in_thread(w) -> threading.Thread:  # noqa: ANN001
+    t = threading.Thread(target=w.run_forever)
+    t.start()
+    return t
+
+
+def _wait(cond, t: threading.Thread, timeout: float = 120) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert t.is_alive() and time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("make_worker", ["async"], indirect=True)
+def test_async_worker_admits_tasks_as_slots_free_up_within_max_concurrent(make_worker, redis_client):
+    r = redis_client
+    w = make_worker(max_concurrent=4, poll_interval_s=0.05)  # two tasks of 2 samples at a time
+    in_flight: list[int] = []
+    w.engine.hook = lambda: in_flight.append(len(w._inflight))
+    for i in range(5):
+        push(r, f"t{i}")
+    t = _run_in_thread(w)
+    try:
+        _wait(lambda: len(trajectories(r)) == 5 and r.xpending("prompts", "rollout")["pending"] == 0, t)
+    finally:
+        w.stop()
+        t.join(60)
+    assert max(in_flight) == 2  # a second task ran next to the first, never a third
+    assert all(sorted(x.sample_index for x in v) == [0, 1] for v in trajectories(r).values())
+    assert w.state.tasks_done == 5 and r.xlen("prompts") == 0
+
+
+@pytest.mark.parametrize("make_worker", ["async"], indirect=True)
+def test_async_worker_reloads_between_segments_and_labels_a_sample_by_its_first_version(
+    make_worker, redis_client, trainer
+):
+    """A new version is announced while a sample waits for its search: the weights are pulled and reloaded
+    before its next segment; the trajectory carries the version of its first segment and counts two."""
+    store, _ = trainer
+    r = redis_client
+    pub = store.publish(1, b"weights-v1")
+    w = make_worker(poll_interval_s=0.05)
+    search = w._batcher.search_fn
+
+    def search_during_a_new_version(queries: list[str], k: int):  # noqa: ANN202
+        r.set(policy_version_key("searchrl"), 1)  # the trainer commits v1
+        deadline = time.monotonic() + 60
+        while not w.engine.loaded and time.monotonic() < deadline:  # the loop reloads meanwhile
+            time.sleep(0.01)
+        return search(queries, k)
+
+    w._batcher.search_fn = search_during_a_new_version
+    push(r, "straddle", group_size=1)
+    t = _run_in_thread(w)
+    try:
+        _wait(lambda: "straddle" in trajectories(r), t)
+    finally:
+        w.stop()
+        t.join(60)
+    (traj,) = trajectories(r)["straddle"]
+    assert traj.policy_version == 0 and traj.metrics["policy_versions"] == 2.0
+    assert (w.state.version, w.state.weights_sha256) == (1, pub.sha256)
+    assert [c[0] for c in w.engine.calls] == ["generate", "load", "generate"]
