@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from searchrl.baselines import BaselineSettings
@@ -27,7 +28,7 @@ from searchrl.evaluate import (
     summarize,
     write_records,
 )
-from searchrl.judge import JudgeClient, local_judge_server
+from searchrl.judge import JudgeClient, JudgeError, local_judge_server
 from searchrl.models import resolve_model
 from searchrl.protocol import Document, get_protocol
 from searchrl_rollout.search_loop import LoopLimits, SearchFn
@@ -81,7 +82,9 @@ def judge_client(cfg: Config, log: Path) -> Iterator[JudgeClient]:
     if ec.judge_url:
         if not ec.judge_model:
             raise ConfigError("eval.judge_model: required with eval.judge_url (--judge-model)")
-        yield JudgeClient(ec.judge_url, ec.judge_model, key, concurrency=ec.judge_concurrency)
+        client = JudgeClient(ec.judge_url, ec.judge_model, key, concurrency=ec.judge_concurrency)
+        client.check()
+        yield client
         return
     path = resolve_model(ec.judge_model_path or cfg.model.path, cfg.model.cache_dir, cfg.run.seed)
     print(f"starting the judge: vLLM OpenAI server on {path} (log: {log})", flush=True)
@@ -103,63 +106,78 @@ def run_eval(
     the three classic modes for --data, all five for --suite). One vLLM engine serves every model: the first is
     loaded at start, the others are swapped in with an in-place weight reload (they must share the architecture).
     With `judge`, every record also gets the judge's verdict."""
-    from transformers import AutoTokenizer
-
     from searchrl_retriever.service import open_retriever
-    from searchrl_rollout.engine import VllmEngine
 
     sets = eval_sets(cfg, data, suite, limit)
     modes = modes or list(ALL_MODES if suite else MODES)
     paths = [resolve_model(m, cfg.model.cache_dir, cfg.run.seed) for m in (models or [cfg.model.path])]
-    rc, ec = cfg.rollout, cfg.eval
-    search = search_fn(open_retriever(cfg, progress=True))
     base = Path(out or Path(cfg.run.run_dir) / "eval")
     base.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        try:  # the judge first: a wrong URL or key fails before any retrieval or generation
+            client = stack.enter_context(judge_client(cfg, base / "judge-server.log")) if judge else None
+            search = search_fn(open_retriever(cfg, progress=True))
+            _run(cfg, paths, sets, modes, suite, data, base, search, client)
+        except JudgeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return 0
+
+
+def _run(
+    cfg: Config,
+    paths: list[str],
+    sets: dict[str, list[QAItem]],
+    modes: list[str],
+    suite: str | None,
+    data: str | None,
+    base: Path,
+    search: SearchFn,
+    client: JudgeClient | None,
+) -> None:
+    from transformers import AutoTokenizer
+
+    from searchrl_rollout.engine import VllmEngine
+
+    rc, ec = cfg.rollout, cfg.eval
     engine = VllmEngine.from_config(paths[0], rc, cfg.run.seed)
     tokenizer = AutoTokenizer.from_pretrained(paths[0])
     limits = LoopLimits.from_config(rc, cfg.retriever)  # evaluate() makes it greedy
     settings = BaselineSettings(ec.iter_retgen_iterations, ec.ircot_max_iter, ec.ircot_max_docs)
-    with judge_client(cfg, base / "judge-server.log") if judge else _none() as client:
-        for i, model_path in enumerate(paths):
-            if i > 0:
-                engine.load_weights(model_path)
-            out_dir = base if len(paths) == 1 else base / Path(model_path).name
-            results: dict[str, dict] = {}
-            for name, items in sets.items():
-                set_dir = out_dir if not suite else out_dir / name
-                set_dir.mkdir(parents=True, exist_ok=True)
-                results[name] = {}
-                for mode in modes:
-                    t0 = time.perf_counter()
-                    records = evaluate(
-                        engine,
-                        tokenizer,
-                        get_protocol(rc.protocol),
-                        search,
-                        items,
-                        mode,
-                        limits,
-                        cfg.model.chat_template,
-                        rc.system_prompt,
-                        rc.examples,
-                        settings,
-                    )
-                    seconds = time.perf_counter() - t0
-                    if client is not None:
-                        judge_records(records, client)
-                    results[name][mode] = summarize(records)
-                    results[name][mode]["all"]["seconds"] = seconds
-                    write_records(set_dir / f"{mode}.jsonl", records)
-            table = format_suite_table(results) if suite else format_table(results["data"])
-            summary = {"model": model_path, "suite": suite, "results": results}
-            if not suite:
-                summary = {"model": model_path, "data": data, "results": results["data"]}
-            (out_dir / "results.json").write_text(json.dumps(summary, indent=1))
-            (out_dir / "table.txt").write_text(table + "\n")
-            print(f"== {model_path}\n{table}\nwritten to {out_dir}", flush=True)
-    return 0
-
-
-@contextmanager
-def _none() -> Iterator[None]:
-    yield None
+    for i, model_path in enumerate(paths):
+        if i > 0:
+            engine.load_weights(model_path)
+        out_dir = base if len(paths) == 1 else base / Path(model_path).name
+        results: dict[str, dict] = {}
+        for name, items in sets.items():
+            set_dir = out_dir if not suite else out_dir / name
+            set_dir.mkdir(parents=True, exist_ok=True)
+            results[name] = {}
+            for mode in modes:
+                t0 = time.perf_counter()
+                records = evaluate(
+                    engine,
+                    tokenizer,
+                    get_protocol(rc.protocol),
+                    search,
+                    items,
+                    mode,
+                    limits,
+                    cfg.model.chat_template,
+                    rc.system_prompt,
+                    rc.examples,
+                    settings,
+                )
+                seconds = time.perf_counter() - t0
+                if client is not None:
+                    judge_records(records, client)
+                results[name][mode] = summarize(records)
+                results[name][mode]["all"]["seconds"] = seconds
+                write_records(set_dir / f"{mode}.jsonl", records)
+        table = format_suite_table(results) if suite else format_table(results["data"])
+        summary = {"model": model_path, "suite": suite, "results": results}
+        if not suite:
+            summary = {"model": model_path, "data": data, "results": results["data"]}
+        (out_dir / "results.json").write_text(json.dumps(summary, indent=1))
+        (out_dir / "table.txt").write_text(table + "\n")
+        print(f"== {model_path}\n{table}\nwritten to {out_dir}", flush=True)

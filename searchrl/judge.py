@@ -97,6 +97,24 @@ class JudgeClient:
                 f"judge endpoint {endpoint}: no choices[0].message.content in the reply"
             ) from None
 
+    def check(self) -> None:
+        """Fail early, before any generation: the endpoint must answer (GET /models); a refused key (401/403)
+        is an error, other HTTP answers are not (some compatible servers lack /models)."""
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        endpoint = f"{self.url}/models"
+        try:
+            with urllib.request.urlopen(
+                urllib.request.Request(endpoint, headers=headers), timeout=self.timeout_s
+            ):
+                return
+        except urllib.error.HTTPError as e:
+            if e.code in (401, 403):
+                raise JudgeError(f"judge endpoint {endpoint}: HTTP {e.code} (check the API key)") from None
+        except (urllib.error.URLError, OSError) as e:
+            raise JudgeError(
+                f"judge endpoint {endpoint} is unreachable ({getattr(e, 'reason', e)})"
+            ) from None
+
     def verdicts(self, prompts: Sequence[str]) -> list[str]:
         """The raw replies to `prompts`, in order."""
         with ThreadPoolExecutor(self.concurrency) as pool:

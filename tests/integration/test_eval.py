@@ -90,6 +90,17 @@ def test_suite_r1searcher_all_five_modes_one_table(tmp_path):
     assert table[1] in proc.stdout
 
 
+def test_judge_endpoint_down_fails_first_naming_the_url(tmp_path):
+    url = "http://127.0.0.1:9/v1"
+    proc = _cli(
+        "eval", "-c", "configs/tiny.yaml", "--data", "data/tiny/train.jsonl", "--limit", "1",
+        "--judge-url", url, "--judge-model", "m", "--out", str(tmp_path), timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"judge endpoint {url}/models is unreachable" in proc.stderr
+    assert not (tmp_path / "results.json").exists()
+
+
 def test_eval_needs_data_or_suite():
     proc = _cli("eval", "-c", "configs/tiny.yaml", timeout=60)
     assert proc.returncode == 2 and "--data / --suite" in proc.stderr
