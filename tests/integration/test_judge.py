@@ -31,6 +31,12 @@ class _Endpoint(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def do_GET(self):  # noqa: N802
+        ok = self.headers.get("Authorization") == "Bearer right"
+        self.send_response(200 if ok else 401)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def log_message(self, *args):
         pass
 
@@ -74,6 +80,12 @@ def test_judge_errors_name_the_url(endpoint):
     down = "http://127.0.0.1:9/v1"
     with pytest.raises(JudgeError, match=rf"judge endpoint {down}/chat/completions is unreachable"):
         JudgeClient(down, "m", timeout_s=5).complete("x")
+
+
+def test_check_refuses_a_wrong_key_before_any_judging(endpoint):
+    JudgeClient(endpoint, "m", api_key="right").check()
+    with pytest.raises(JudgeError, match=rf"{endpoint}/models: HTTP 401 \(check the API key\)"):
+        JudgeClient(endpoint, "m", api_key="wrong").check()
 
 
 def test_real_round_trip_through_a_local_vllm_server(tmp_path):
