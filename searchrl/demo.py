@@ -20,7 +20,7 @@ from pathlib import Path
 
 from searchrl.config import Config, dump_config
 from searchrl.evaluate import MODES
-from searchrl.preflight import missing_inputs
+from searchrl.preflight import last_error, missing_inputs
 from searchrl.proc import die_with_parent
 from searchrl.world import generate_world, write_world
 
@@ -81,7 +81,16 @@ def run_eval(
         cmd += ["--model", m]
     for m in modes:
         cmd += ["--mode", m]
-    subprocess.run(cmd, check=True, preexec_fn=die_with_parent)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "eval.log"
+    names = ", ".join(Path(m).name for m in models)
+    print(f"evaluating {names} on {limit} held-out questions ({', '.join(modes)}); log: {log}", flush=True)
+    t0 = time.monotonic()
+    with log.open("ab") as f:  # the engines' own logging stays out of the console
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, preexec_fn=die_with_parent).returncode
+    if rc != 0:
+        raise RuntimeError(f"searchrl eval exited with status {rc}: {last_error(log)} (log: {log})")
+    print(f"  done in {time.monotonic() - t0:.0f}s", flush=True)
     if len(models) == 1:
         return {Path(models[0]).name: json.loads((out / "results.json").read_text())["results"]}
     return {
@@ -193,6 +202,15 @@ def report(
 
 
 def demo(cfg: Config, steps: int | None, minutes: float | None, run_dir: Path, n_eval: int = 100) -> int:
+    """The whole demo; 1 with the reason (and the log to read) when an evaluation fails."""
+    try:
+        return _demo(cfg, steps, minutes, run_dir, n_eval)
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+
+
+def _demo(cfg: Config, steps: int | None, minutes: float | None, run_dir: Path, n_eval: int) -> int:
     from searchrl.launcher import up
     from searchrl.models import resolve_model
 

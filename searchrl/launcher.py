@@ -155,10 +155,19 @@ def rollout_status(address: str, security: SecurityConfig) -> rollout_pb2.Rollou
         return rollout_pb2_grpc.RolloutStub(ch).GetStatus(rollout_pb2.RolloutStatusRequest(), timeout=10)
 
 
-def _print_step(line: str) -> None:
+def eta_s(step: int, first_step: int, elapsed_s: float, max_steps: int, max_minutes: float | None) -> float:
+    """Seconds left: the steps to go at this run's mean step time so far (steps before `first_step` were
+    restored from a checkpoint), capped by what is left of trainer.max_minutes."""
+    done = step - first_step + 1
+    left = (max_steps - step) * elapsed_s / max(done, 1)
+    return max(min(left, max_minutes * 60 - elapsed_s) if max_minutes else left, 0.0)
+
+
+def _print_step(line: str, eta: float | None = None) -> None:
     m = json.loads(line)
     print(
-        f"step {m['step']:>4}  v{m['policy_version']:<4} reward {m['reward_mean']:+.3f}  "
+        f"step {m['step']:>4}  {'' if eta is None else f'ETA {eta / 60:4.1f} min  '}"
+        f"v{m['policy_version']:<4} reward {m['reward_mean']:+.3f}  "
         f"searches {m['num_searches_mean']:.2f}  len {m['response_len_mean']:.0f}  "
         f"stale {m['staleness_mean']:.2f}  gen {m['generate_s']:.1f}s  ret {m['retrieve_s']:.2f}s  "
         f"rew {m['reward_s']:.2f}s  train {m['train_s']:.1f}s  sync {m['weight_sync_s']:.2f}s",
@@ -223,13 +232,21 @@ def up(cfg: Config, startup_timeout: float = 1800.0, sync_timeout: float = 300.0
 
 
 def _follow(stack: Stack, cfg: Config, metrics: Path) -> None:
-    """Print each metrics line as the trainer writes it; return when the trainer reports done."""
-    seen = 0
+    """Print each metrics line as the trainer writes it, with the time left; return when the trainer reports
+    done."""
+    seen, t0, first = (
+        (len(metrics.read_text().splitlines()) if metrics.is_file() else 0),
+        time.monotonic(),
+        None,
+    )
+    tc = cfg.trainer
     while True:
         if metrics.is_file():
             lines = metrics.read_text().splitlines()
             for line in lines[seen:]:
-                _print_step(line)
+                step = int(json.loads(line)["step"])
+                first = step if first is None else first
+                _print_step(line, eta_s(step, first, time.monotonic() - t0, tc.max_steps, tc.max_minutes))
             seen = len(lines)
         dead = stack.dead()
         if dead:

@@ -55,3 +55,8 @@ def test_demo_smoke(tmp_path):
         assert (run_dir / name).is_file(), name
     assert (tmp_path / "cache" / "world-seed0" / "test.jsonl").is_file()
     assert "held-out CEM gain" in (run_dir / "report.md").read_text()
+    # a quiet console: progress lines and log paths, the engines' own logging in the run dir's log files
+    console = proc.stdout + proc.stderr
+    assert "ETA" in console and f"log: {run_dir / 'eval-before' / 'eval.log'}" in console
+    assert "vllm" not in console.lower() and "deepspeed" not in console.lower(), console[-3000:]
+    assert "vllm" in (run_dir / "eval-before" / "eval.log").read_text().lower()
