@@ -124,3 +124,52 @@ def test_a_dead_rank_takes_the_trainer_down_and_it_resumes_from_its_checkpoint(
     rep = collect(run_dir, cfg, r)
     assert rep.ok, rep
     assert rep.rolled_back_steps == 1 and rep.committed_step >= 4
+
+
+def test_two_nodes_meet_through_the_rendezvous_and_stop_together(
+    tiny_config, redis_server, redis_client, tmp_path
+):
+    """trainer.nodes 2 on one machine: node 1's service (SEARCHRL_NODE_RANK=1) serves only health and follows
+    rank 0; a SIGTERM to node 0 checkpoints with both ranks and stops node 1 cleanly."""
+    cfg = make_cfg(tiny_config)
+    t = cfg.trainer
+    t.world_size, t.nodes, t.save_every, t.max_steps, t.max_staleness = 2, 2, 50, 50, 0
+    run_dir = Path(cfg.run.run_dir)
+    run_dir.mkdir(parents=True)
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    procs, logs = [], []
+    for node in (0, 1):
+        t.port, t.metrics_port, t.health_port = free_port(), 0, 0
+        (tmp_path / f"node{node}.yaml").write_text(dump_config(cfg))
+        env = {
+            **os.environ,
+            **rendezvous,
+            "SEARCHRL_REDIS_URL": redis_server.url,
+            "SEARCHRL_NODE_RANK": str(node),
+        }
+        logs.append((tmp_path / f"node{node}.log").open("ab"))
+        cmd = [
+            sys.executable,
+            "-m",
+            "searchrl.cli",
+            "serve",
+            "trainer",
+            "-c",
+            str(tmp_path / f"node{node}.yaml"),
+        ]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=logs[-1], stderr=subprocess.STDOUT))
+    r, rng, answered = redis_client, np.random.default_rng(0), set()
+    try:
+        _until(procs[0], lambda: _steps(run_dir) >= 2, lambda: _feed(r, answered, rng))
+        assert procs[1].poll() is None
+        procs[0].send_signal(signal.SIGTERM)
+        assert procs[0].wait(timeout=300) == 0
+        assert procs[1].wait(timeout=120) == 0  # told to stop by rank 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for f in logs:
+            f.close()
+    assert checkpoint_step(run_dir) >= 2  # the stop's checkpoint, written by both ranks
+    assert collect(run_dir, cfg, r).ok
