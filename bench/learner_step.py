@@ -5,23 +5,31 @@ this process:
    same micro-batches at the whole batch's padded width;
 2. the "old" log-prob pass: the no-grad forward the learner no longer runs when the advantages do not need it
    (it reuses the training forward's own log-probs), as a share of a train step;
-3. `trainer.train_layers`: a train step with only the top N decoder layers trainable vs the whole model.
+3. `trainer.train_layers`: a train step with only the top N decoder layers trainable vs the whole model;
+4. `trainer.world_size`: a train step of the same batch on 2 gloo ranks vs 1 (each world size in a process of
+   its own, started through `dist.launch` as the trainer service does; the CPU cores are split between ranks).
 
 Trajectories are synthetic with demo-like lengths (prompt ~110 tokens, responses 40-380 with document spans).
 Usage: python bench/learner_step.py [--model builtin:smollm2-135m-instruct] [--layers 10] [--rows 16]
+       [--only-ranks] [--out FILE.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
 import torch
 
-from searchrl.config import TrainerConfig
+from searchrl.config import Config, TrainerConfig
 from searchrl.models import resolve_model
 from searchrl.records import Trajectory
+from searchrl_trainer.dist import launch
 from searchrl_trainer.learner import Batch, Learner, collate
 
 
@@ -72,14 +80,79 @@ def untrimmed(b: Batch, idx: torch.Tensor) -> Batch:
     )
 
 
+def ranks_worker(args: argparse.Namespace, path: str) -> None:
+    """Part 4, one world size (this process is rank 0 and starts the others): best step time as JSON."""
+    cores = os.cpu_count() or 1
+    cfg = Config(
+        trainer=TrainerConfig(
+            group_size=args.group,
+            groups_per_step=args.rows // args.group,
+            micro_batch_size=4,
+            lr=1e-7,
+            world_size=args.world_size,
+            cpu_threads=max(1, cores // args.world_size),
+        )
+    )
+    learner = launch(cfg, path)
+    trajs = trajectories(args.rows, args.group)
+    learner.train_step(trajs)  # warm-up
+    print(
+        json.dumps({"world_size": args.world_size, "step_s": best_of(2, lambda: learner.train_step(trajs))})
+    )
+
+
+def compare_ranks(args: argparse.Namespace) -> dict:
+    steps = {}
+    for ws in (1, 2):
+        cmd = [
+            sys.executable,
+            __file__,
+            "--model",
+            args.model,
+            "--rows",
+            str(args.rows),
+            "--group",
+            str(args.group),
+        ]
+        out = subprocess.run(
+            [*cmd, "--world-size", str(ws)], check=True, capture_output=True, text=True
+        ).stdout
+        steps[ws] = json.loads(out.strip().splitlines()[-1])["step_s"]
+    print(
+        f"4. world_size 2 vs 1 (gloo, {os.cpu_count()} CPU cores split between the ranks): step "
+        f"{steps[2]:.2f} s vs {steps[1]:.2f} s -> {steps[1] / steps[2]:.2f}x",
+        flush=True,
+    )
+    return {
+        "rows": args.rows,
+        "step_s_1_rank": steps[1],
+        "step_s_2_ranks": steps[2],
+        "speedup": steps[1] / steps[2],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="builtin:smollm2-135m-instruct")
     ap.add_argument("--layers", type=int, default=10, help="train_layers for part 3")
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--group", type=int, default=4)
+    ap.add_argument("--only-ranks", action="store_true", help="run part 4 only")
+    ap.add_argument("--out", help="write part 4's numbers as JSON here")
+    ap.add_argument("--world-size", type=int, help=argparse.SUPPRESS)  # part 4's worker processes
     args = ap.parse_args()
     path = resolve_model(args.model, "~/.cache/searchrl/models", 0)
+    if args.world_size:
+        return ranks_worker(args, path)
+    if not args.only_ranks:
+        parts_1_to_3(args, path)
+    result = compare_ranks(args)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(json.dumps(result, indent=2) + "\n")
+
+
+def parts_1_to_3(args: argparse.Namespace, path: str) -> None:
     trajs = trajectories(args.rows, args.group)
     cfg = TrainerConfig(
         group_size=args.group, groups_per_step=args.rows // args.group, micro_batch_size=4, lr=1e-7
