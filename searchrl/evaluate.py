@@ -117,8 +117,12 @@ def _answer_prompts(
 
 
 def _generator(
-    engine: Engine, tokenizer, protocol: Protocol, chat_template: bool, segment_tokens: int
-) -> Generate:  # noqa: ANN001
+    engine: Engine,
+    tokenizer,  # noqa: ANN001
+    protocol: Protocol,
+    chat_template: bool,
+    segment_tokens: int,
+) -> Generate:
     """Greedy one-segment completions of (system, user) prompts: the baselines' intermediate steps."""
 
     def generate(prompts: list[tuple[str, str]], stop: list[str]) -> list[str]:
@@ -131,9 +135,9 @@ def _generator(
 
 def evaluate(
     engine: Engine,
-    tokenizer,
+    tokenizer,  # noqa: ANN001
     protocol: Protocol,
-    search: SearchFn,  # noqa: ANN001
+    search: SearchFn,
     items: list[QAItem],
     mode: str,
     limits: LoopLimits,
