@@ -398,7 +398,7 @@ class RolloutConfig(_Section):
         "per `step()` (tests, tools); the service admits by max_concurrent instead.",
     )
     engine: Literal["async", "sync"] = Field(
-        "sync",
+        "async",
         description="async: every sample advances on its own on vLLM's AsyncLLM and tasks are admitted as slots "
         "free up (services/rollout/async_worker.py); sync: batch-synchronous rounds on the offline engine, each "
         "waiting for its slowest sample (services/rollout/worker.py).",
