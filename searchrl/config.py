@@ -845,6 +845,8 @@ PATH_KEYS = (
     "retriever.web.key_file",
     "rollout.weights_dir",
     "trainer.stages[].data",
+    "eval.suite_dir",
+    "eval.judge_model_path",
     "security.token_file",
     "security.tls_cert",
     "security.tls_key",
