@@ -4,8 +4,8 @@ All three run on ONE vLLM AsyncLLM engine, with the same workload: `--samples` p
 with a plan drawn from long-tailed distributions (seeded): a number of searches (geometric, capped) and the
 length of every segment (log-normal, capped). The model's tokens are real (sampled with `ignore_eos`, so each
 segment has its planned length); only the decisions are scripted: after a planned segment the engine wrapper
-appends a query for the sample's question (searched for real, in the in-process retriever, documents inserted by
-the search loop) or, after the last, an answer. So the three modes generate exactly the same number of tokens:
+appends a query for the sample's question (searched for real: `--search service` runs the retriever service in its
+own process, as workers reach it; documents inserted by the search loop) or, after the last, an answer. So the three modes generate exactly the same number of tokens:
 - plain: one request per sample of all its planned tokens, all at once (the engine's best case);
 - async: services/rollout/async_loop.run_samples over every sample (what AsyncRolloutWorker runs);
 - sync: search_loop.run_search_loop over every sample in one batch (today's RolloutWorker, in its most favourable
@@ -13,7 +13,7 @@ the search loop) or, after the last, an answer. So the three modes generate exac
 Reports generated tokens/s per mode and the ratios async/plain (goal >= 0.8) and async/sync (goal >= 1.5), as
 JSON on stdout and in --out. The modes alternate over --repeats rounds; the median is reported.
 
-    python bench/rollout_throughput.py --samples 32 --repeats 3 --out bench/results/rollout-throughput-cpu.json
+    python bench/rollout_throughput.py --repeats 3 --out bench/results/rollout-throughput-cpu.json
 """
 
 from __future__ import annotations
@@ -40,14 +40,14 @@ class Plan:
 
 
 def draw_plans(
-    questions: list[str], n: int, seed: int, max_searches: int, median: int, cap: int
+    questions: list[str], n: int, seed: int, p: float, max_searches: int, median: int, cap: int
 ) -> list[Plan]:
-    """Searches ~ geometric(0.5) - 1 capped at `max_searches`; segment lengths ~ log-normal(median, sigma 1)
+    """Searches ~ geometric(p) - 1 capped at `max_searches`; segment lengths ~ log-normal(median, sigma 1)
     capped at `cap`: most samples short, a few long (the tail that stalls a batch-synchronous round)."""
     rng = np.random.default_rng(seed)
     plans = []
     for i in range(n):
-        searches = min(int(rng.geometric(0.5)) - 1, max_searches)
+        searches = min(int(rng.geometric(p)) - 1, max_searches)
         lengths = np.clip(rng.lognormal(np.log(median), 1.0, searches + 1), 4, cap).astype(int)
         plans.append(Plan(questions[i % len(questions)], [int(x) for x in lengths]))
     return plans
@@ -138,6 +138,33 @@ class BatchOverAsync:
         raise NotImplementedError
 
 
+def retriever_service(config: str):  # noqa: ANN201
+    """`searchrl serve retriever` in its own process on a free loopback port, as the worker reaches it; returns
+    (search function over gRPC, stop)."""
+    import subprocess
+    import sys
+
+    from searchrl.config import load_config
+    from searchrl.grpcutil import channel, wait_serving
+    from searchrl.proto import retriever_pb2_grpc
+    from searchrl.redisio import free_port
+    from searchrl_rollout.server import grpc_search
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "searchrl.cli", "serve", "retriever", "-c", config]
+    cmd += ["--set", f"retriever.port={port}", "--set", "retriever.metrics_port=0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    security = load_config(config).security
+    wait_serving([f"127.0.0.1:{port}"], security, 600, alive=lambda: proc.poll() is None)
+    stub = retriever_pb2_grpc.RetrieverStub(channel(f"127.0.0.1:{port}", security))
+
+    def stop() -> None:
+        proc.terminate()
+        proc.wait(60)
+
+    return grpc_search(stub), stop
+
+
 async def bench(args: argparse.Namespace) -> dict:
     from transformers import AutoTokenizer
 
@@ -156,13 +183,19 @@ async def bench(args: argparse.Namespace) -> dict:
     path = resolve_model(args.model, cfg.model.cache_dir, 0)
     tok = AutoTokenizer.from_pretrained(path)
     engine = AsyncVllmEngine.from_config(path, cfg.rollout, 0)
-    retriever = open_retriever(cfg, progress=False)
     search_s = [0.0]
+    if args.search == "service":
+        grpc_fn, stop_service = retriever_service(args.config)
+    elif args.search == "retriever":
+        retriever = open_retriever(cfg, progress=False)
+    search_share: dict[str, list[float]] = {"async": [], "sync": []}
 
     def search(queries: list[str], k: int) -> list[list[Document]]:
         t0 = time.perf_counter()
         if args.search == "fixed":  # the same passages for every query: no retrieval CPU on the box
             rows = [[Document("Tirabel", "Orlen Vask was born in Tirabel.")] * k for _ in queries]
+        elif args.search == "service":
+            rows = grpc_fn(queries, k)
         else:
             rows = [[Document(p.title, p.text) for p, _ in row] for row in retriever.search(queries, k)]
         search_s[0] += time.perf_counter() - t0
@@ -173,7 +206,13 @@ async def bench(args: argparse.Namespace) -> dict:
 
     questions = [it.question for it in load_qa(cfg.trainer.stages[0].data)]
     plans = draw_plans(
-        questions, args.samples, args.seed, args.max_searches, args.median_tokens, args.cap_tokens
+        questions,
+        args.samples,
+        args.seed,
+        args.search_p,
+        args.max_searches,
+        args.median_tokens,
+        args.cap_tokens,
     )
     # a distinct prompt per sample (the question and its sample number), so the wrapper can tell them apart
     prompts = [build_prompt_ids(tok, protocol, f"{p.question} (#{i})", True) for i, p in enumerate(plans)]
@@ -210,13 +249,15 @@ async def bench(args: argparse.Namespace) -> dict:
         return generated / dt
 
     await once("async")  # warm-up: compile, prefix cache of the instructions, retriever
+    search_share["async"].clear()
     rates: dict[str, list[float]] = {"plain": [], "async": [], "sync": []}
-    search_share: dict[str, list[float]] = {"async": [], "sync": []}
     for _ in range(args.repeats):
         for mode in rates:
             rates[mode].append(await once(mode))
             print(f"{mode}: {rates[mode][-1]:.0f} tokens/s", flush=True)
     engine.shutdown()
+    if args.search == "service":
+        stop_service()
     med = {m: statistics.median(v) for m, v in rates.items()}
     return {
         "bench": "rollout_throughput",
@@ -248,19 +289,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/tiny.yaml")
     ap.add_argument("--model", default="builtin:tiny-searcher")
-    ap.add_argument("--samples", type=int, default=32)
-    ap.add_argument("--max-searches", type=int, default=4)
-    ap.add_argument("--median-tokens", type=int, default=24)
-    ap.add_argument("--cap-tokens", type=int, default=256)
-    ap.add_argument("--max-model-len", type=int, default=4096)
+    ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--max-searches", type=int, default=8, help="R1-Searcher's limit")
+    ap.add_argument("--search-p", type=float, default=0.35, help="searches ~ geometric(p) - 1")
+    ap.add_argument("--median-tokens", type=int, default=32)
+    ap.add_argument("--cap-tokens", type=int, default=384)
+    ap.add_argument("--max-model-len", type=int, default=8192)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--search",
-        choices=["retriever", "fixed"],
-        default="retriever",
-        help="retriever: the in-process index of --config; fixed: the same passages for every query (isolates "
-        "scheduling from the retrieval CPU a 2-core box shares with the engine)",
+        choices=["service", "retriever", "fixed"],
+        default="service",
+        help="service: `searchrl serve retriever` in its own process over gRPC (as the worker searches); "
+        "retriever: the index in this process; fixed: the same passages for every query (isolates scheduling "
+        "from the retrieval CPU that a 2-core box shares with the engine)",
     )
     ap.add_argument("--out", default="")
     args = ap.parse_args()
