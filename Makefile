@@ -16,7 +16,7 @@ proto:  ## regenerate searchrl/proto/*_pb2*.py from proto/ (never edit the outpu
 test: $(STAMP)  ## the default test suite (what CI runs)
 	$(PY) -m pytest -q
 
-test-slow: $(STAMP)  ## slow suites only
+test-slow: $(STAMP)  ## heavy runs kept out of `make test` (several vLLM engines or learner ranks, the other protocols' e2e); CI runs it
 	$(PY) -m pytest -q -m slow
 
 test-chaos: $(STAMP)  ## fault injection on the whole system: 6 runs of 8 steps (12-25 min on 2 cores); table: $$CHAOS_REPORT

@@ -834,7 +834,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
 
 # Keys whose values are file system paths ("stages[]": every item of the list). In a config file a relative one
 # means relative to the file's folder (as in docker-compose), so a config runs from any working directory;
-# values from --set and the defaults stay relative to the working directory, like any command-line path.
+# values from --set and the defaults are relative to the working directory, like any command-line path. A loaded
+# config holds only absolute paths (its dump loads back the same from anywhere, e.g. <run_dir>/config.yaml).
 PATH_KEYS = (
     "run.run_dir",
     "model.path",
@@ -852,6 +853,26 @@ PATH_KEYS = (
     "security.tls_key",
     "security.tls_ca",
 )
+
+
+def _absolute_paths(cfg: Config) -> None:
+    """Every relative path left under PATH_KEYS (defaults, --set values) made absolute against the working
+    directory, in place: a loaded config holds no relative path, so its dump loads back the same from anywhere."""
+    tree = cfg.model_dump(mode="python")
+    resolve_relative_paths(tree, Path.cwd())
+    for key in PATH_KEYS:
+        parts = key.split(".")
+        owners: list[Any] = [cfg]
+        values: list[Any] = [tree]
+        for part in parts[:-1]:
+            name = part.removesuffix("[]")
+            owners = [getattr(o, name) for o in owners]
+            values = [v[name] for v in values]
+            if part.endswith("[]"):
+                owners, values = [x for o in owners for x in o], [x for v in values for x in v]
+        for owner, value in zip(owners, values, strict=True):
+            if owner is not None and getattr(owner, parts[-1]) != value[parts[-1]]:
+                setattr(owner, parts[-1], value[parts[-1]])
 
 
 def resolve_relative_paths(tree: dict[str, Any], base: Path) -> None:
@@ -900,6 +921,7 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
         where = source if not overrides else f"{source} (with --set {' '.join(overrides)})"
         raise ConfigError(_format_errors(e, where)) from None
     cfg.source = source
+    _absolute_paths(cfg)
     _apply_env(cfg)
     return cfg
 

@@ -23,7 +23,15 @@ from tests.conftest import ROOT
 STEPS = 2
 
 
-@pytest.fixture(scope="module", params=["tiny.yaml", "tiny-research.yaml", "tiny-search-r1.yaml"])
+@pytest.fixture(
+    scope="module",
+    # the other two protocols run in `make test-slow` (CI runs it after `make test`)
+    params=[
+        "tiny.yaml",
+        pytest.param("tiny-research.yaml", marks=pytest.mark.slow),
+        pytest.param("tiny-search-r1.yaml", marks=pytest.mark.slow),
+    ],
+)
 def run(request, tmp_path_factory):
     config = f"configs/{request.param}"
     run_dir = tmp_path_factory.mktemp("up") / "run"

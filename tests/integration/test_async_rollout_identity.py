@@ -27,6 +27,8 @@ from searchrl_rollout.server import grpc_search
 from searchrl_trainer.data import load_qa
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # heavy (several engines or ranks): `make test-slow` (CI runs it)
+
 RC = RolloutConfig(max_model_len=2048)
 QUESTIONS = [it.question for it in load_qa(str(ROOT / "data/tiny/train.jsonl"))[:6]]
 

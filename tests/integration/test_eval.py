@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from searchrl_trainer.data import load_qa
 from tests.conftest import ROOT
 
@@ -66,6 +68,7 @@ def test_eval_rejects_unknown_mode():
     assert proc.returncode == 2 and "--mode" in proc.stderr
 
 
+@pytest.mark.slow
 def test_suite_r1searcher_all_five_modes_one_table(tmp_path):
     """CI slice: one question of each R1-Searcher test set against the tiny world, every mode."""
     out = tmp_path / "suite"
@@ -106,6 +109,7 @@ def test_eval_needs_data_or_suite():
     assert proc.returncode == 2 and "--data / --suite" in proc.stderr
 
 
+@pytest.mark.slow
 def test_grade_writes_levels_and_stage_files(tmp_path):
     out = tmp_path / "grade"
     proc = _cli(

@@ -88,6 +88,7 @@ def test_check_refuses_a_wrong_key_before_any_judging(endpoint):
         JudgeClient(endpoint, "m", api_key="wrong").check()
 
 
+@pytest.mark.slow
 def test_real_round_trip_through_a_local_vllm_server(tmp_path):
     path = resolve_model("builtin:tiny-searcher")
     with local_judge_server(path, tmp_path / "judge.log", max_model_len=1024) as url:

@@ -23,6 +23,8 @@ from searchrl.records import PromptTask
 from searchrl.redisio import free_port
 from tests.integration.trainer_kit import make_cfg, traj
 
+pytestmark = pytest.mark.slow  # heavy (several engines or ranks): `make test-slow` (CI runs it)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 SETTINGS = {
@@ -35,12 +37,22 @@ SETTINGS = {
 }
 
 
+# torch.distributed settings of this test process (an in-process learner of an earlier test set MASTER_PORT and
+# still listens on it): a child that inherited them would try to bind the same port.
+_DIST_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if k not in _DIST_ENV}, **extra}
+
+
 def run_driver(tmp_path: Path, world_size: int, **extra) -> dict:
     out = tmp_path / f"ws{world_size}.pt"
     settings = {**SETTINGS, **extra, "world_size": world_size, "run_dir": str(tmp_path / f"run{world_size}")}
     subprocess.run(
         [sys.executable, "-m", "tests.integration.dist_driver", str(out), json.dumps(settings)],
         cwd=ROOT,
+        env=clean_env(),
         check=True,
         timeout=900,
     )
@@ -97,7 +109,7 @@ def test_a_dead_rank_takes_the_trainer_down_and_it_resumes_from_its_checkpoint(
     run_dir = Path(cfg.run.run_dir)
     run_dir.mkdir(parents=True)
     (tmp_path / "config.yaml").write_text(dump_config(cfg))
-    env = {**os.environ, "SEARCHRL_REDIS_URL": redis_server.url}
+    env = clean_env(SEARCHRL_REDIS_URL=redis_server.url)
     cmd = [sys.executable, "-m", "searchrl.cli", "serve", "trainer", "-c", str(tmp_path / "config.yaml")]
     r, rng, answered = redis_client, np.random.default_rng(0), set()
     log = (tmp_path / "trainer.log").open("ab")
@@ -141,12 +153,7 @@ def test_two_nodes_meet_through_the_rendezvous_and_stop_together(
     for node in (0, 1):
         t.port, t.metrics_port, t.health_port = free_port(), 0, 0
         (tmp_path / f"node{node}.yaml").write_text(dump_config(cfg))
-        env = {
-            **os.environ,
-            **rendezvous,
-            "SEARCHRL_REDIS_URL": redis_server.url,
-            "SEARCHRL_NODE_RANK": str(node),
-        }
+        env = clean_env(**rendezvous, SEARCHRL_REDIS_URL=redis_server.url, SEARCHRL_NODE_RANK=str(node))
         logs.append((tmp_path / f"node{node}.log").open("ab"))
         cmd = [
             sys.executable,

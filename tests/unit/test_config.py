@@ -72,9 +72,11 @@ def test_relative_paths_in_a_file_resolve_against_its_folder_from_any_cwd(tmp_pa
     assert cfg.retriever.corpus == str(tmp_path / "data" / "corpus.jsonl")
     assert cfg.retriever.embedder == str(folder / "models" / "emb")
     assert [s.data for s in cfg.trainer.stages] == [str(folder / "a.jsonl"), str(folder / "sub" / "b.jsonl")]
-    # builtin names, ~ and absolute paths are kept; --set values are relative to the working directory
+    # builtin names, ~ and absolute paths are kept; --set values and defaults are relative to the working
+    # directory, and a loaded config holds them absolute
     assert cfg.model.path == "builtin:tiny-searcher" and cfg.model.cache_dir == "~/.cache/x"
-    assert cfg.retriever.index_dir == "/abs/index" and cfg.security.token_file == "tok"
+    assert cfg.retriever.index_dir == "/abs/index" and cfg.security.token_file == str(tmp_path / "tok")
+    assert cfg.eval.suite_dir == str(tmp_path / "data" / "r1searcher")
     # the bundled configs find the repo's data from any working directory
     monkeypatch.chdir("/")
     assert Path(load_config(Path(__file__).parents[2] / "configs" / "tiny.yaml").retriever.corpus).is_file()
