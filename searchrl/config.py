@@ -855,26 +855,6 @@ PATH_KEYS = (
 )
 
 
-def _absolute_paths(cfg: Config) -> None:
-    """Every relative path left under PATH_KEYS (defaults, --set values) made absolute against the working
-    directory, in place: a loaded config holds no relative path, so its dump loads back the same from anywhere."""
-    tree = cfg.model_dump(mode="python")
-    resolve_relative_paths(tree, Path.cwd())
-    for key in PATH_KEYS:
-        parts = key.split(".")
-        owners: list[Any] = [cfg]
-        values: list[Any] = [tree]
-        for part in parts[:-1]:
-            name = part.removesuffix("[]")
-            owners = [getattr(o, name) for o in owners]
-            values = [v[name] for v in values]
-            if part.endswith("[]"):
-                owners, values = [x for o in owners for x in o], [x for v in values for x in v]
-        for owner, value in zip(owners, values, strict=True):
-            if owner is not None and getattr(owner, parts[-1]) != value[parts[-1]]:
-                setattr(owner, parts[-1], value[parts[-1]])
-
-
 def resolve_relative_paths(tree: dict[str, Any], base: Path) -> None:
     """Rewrite, in place, every relative path under PATH_KEYS in a raw config dict as `base`/path (normalised).
     Empty values, builtin names (`builtin:...`), `~` paths and absolute paths are left as they are."""
@@ -917,11 +897,15 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
         apply_override(raw, assignment)
     try:
         cfg = Config.model_validate(raw)
+        # what is still relative (defaults, --set values) is relative to the working directory: a loaded config
+        # holds only absolute paths, so its dump loads back the same from anywhere
+        tree = cfg.model_dump()
+        resolve_relative_paths(tree, Path.cwd())
+        cfg = Config.model_validate(tree)
     except ValidationError as e:
         where = source if not overrides else f"{source} (with --set {' '.join(overrides)})"
         raise ConfigError(_format_errors(e, where)) from None
     cfg.source = source
-    _absolute_paths(cfg)
     _apply_env(cfg)
     return cfg
 
