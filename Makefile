@@ -1,14 +1,29 @@
+# `make setup` installs into a virtual environment of the project's own (VENV, default .venv), created with the
+# system's python3, so the global interpreter is never touched (PEP 668 systems included). Every target runs its
+# tools from there. `make VENV= ...` uses whatever `python` is first on PATH instead (an environment you manage).
+VENV ?= .venv
+BASE_PY ?= python3
+ifeq ($(strip $(VENV)),)
 PY ?= python
-PROTOS := $(wildcard proto/searchrl/proto/*.proto)
 STAMP := .setup.stamp
+else
+STAMP := $(VENV)/.setup.stamp
+PY ?= $(abspath $(VENV))/bin/python
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export VIRTUAL_ENV := $(abspath $(VENV))
+endif
+PROTOS := $(wildcard proto/searchrl/proto/*.proto)
 
 .PHONY: setup proto test test-all test-slow test-chaos test-fuzz test-deploy lint demo up bench bench-demo bench-retriever clean helm-schema smoke-compose
 
 $(STAMP): pyproject.toml scripts/install-cpu.sh
+ifneq ($(strip $(VENV)),)
+	test -x $(PY) || $(BASE_PY) -m venv $(VENV)
+endif
 	PY=$(PY) bash scripts/install-cpu.sh
 	touch $(STAMP)
 
-setup: $(STAMP)  ## install the project with the CPU engines and dev tools (once; redone when pyproject changes)
+setup: $(STAMP)  ## install the project, the CPU engines and dev tools into .venv (once; redone when pyproject changes)
 
 proto:  ## regenerate searchrl/proto/*_pb2*.py from proto/ (never edit the output)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
@@ -34,14 +49,14 @@ helm-schema:  ## regenerate deploy/helm/searchrl/values.schema.json from the con
 smoke-compose:  ## real docker-compose run on podman, as root on Debian 12 (deploy/README.md); ~25 min cold
 	bash deploy/smoke/compose-podman.sh 2>&1 | tee deploy/smoke/last-run.log
 
-lint:
-	ruff check . && ruff format --check .
+lint: $(STAMP)
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
 demo: $(STAMP)  ## the main job on the embedded defaults: SmolLM2-135M learns to search the bundled world (~35 min)
-	searchrl demo
+	$(PY) -m searchrl.cli demo
 
 up: $(STAMP)  ## the whole system as local processes: 3 steps of the tiny config (~3 min)
-	searchrl up -c configs/tiny.yaml --steps 3
+	$(PY) -m searchrl.cli up -c configs/tiny.yaml --steps 3
 
 bench: $(STAMP)
 	$(PY) bench/trajectory_codec.py
@@ -55,5 +70,5 @@ bench-demo: $(STAMP)  ## rerun the demo at seed 0 and print before/after held-ou
 bench-retriever: $(STAMP)  ## service vs R1-Searcher-style baseline vs the batching limit, 1/8/32 clients (~10 min; quiet box)
 	$(PY) bench/retriever_throughput.py --seconds 10 --out bench/results/retriever-throughput.md
 
-clean:
-	rm -rf runs $(STAMP)
+clean:  ## remove runs and the setup stamp (keeps .venv; `rm -rf .venv` for a full reinstall)
+	rm -rf runs $(STAMP) .setup.stamp
