@@ -172,16 +172,41 @@ def plan_buckets(meta: list[tuple[str, tuple[int, ...], torch.dtype]], bucket_by
     return buckets
 
 
+Meta = list[tuple[str, tuple[int, ...], torch.dtype]]
+
+
+def send_buckets(
+    pairs: Iterator[tuple[str, torch.Tensor]], meta: Meta, bucket_bytes: int, bcast, device: str = "cpu"
+) -> None:  # noqa: ANN001 - bcast(tensor) broadcasts a tensor from this rank in place
+    """Sender side over any broadcast: `pairs` must yield the tensors of `meta` in its order; each bucket of
+    `plan_buckets(meta)` is flattened on `device` and sent with one `bcast` call."""
+    it = iter(pairs)
+    for bucket in plan_buckets(meta, bucket_bytes):
+        parts = [next(it)[1].detach().reshape(-1) for _ in bucket]
+        bcast(torch.cat(parts).to(device))
+
+
+def recv_buckets(
+    meta: Meta, bucket_bytes: int, bcast, device: str = "cpu"
+) -> Iterator[tuple[str, torch.Tensor]]:  # noqa: ANN001 - bcast(tensor) receives a broadcast into it
+    """Receiver side of `send_buckets`: yields (name, tensor) in `meta`'s order, each a view of its bucket."""
+    for bucket in plan_buckets(meta, bucket_bytes):
+        flat = torch.empty(bucket[-1].offset + bucket[-1].numel, dtype=bucket[0].dtype, device=device)
+        bcast(flat)
+        for s in bucket:
+            yield s.name, flat[s.offset : s.offset + s.numel].view(s.shape)
+
+
 def broadcast_weights(
     state: dict[str, torch.Tensor], bucket_bytes: int, group, src: int = 0, device: str = "cpu"
 ) -> None:  # noqa: ANN001 - a torch.distributed ProcessGroup or None (the default group)
-    """Sender side of the fast path: the tensor list, then one broadcast per bucket (on `device`)."""
+    """Sender side in a torch.distributed group: the tensor list, then one broadcast per bucket (on `device`)."""
     dist = torch.distributed
     meta = [(k, tuple(v.shape), v.dtype) for k, v in state.items()]
     dist.broadcast_object_list([(meta, bucket_bytes)], src=src, group=group)
-    for bucket in plan_buckets(meta, bucket_bytes):
-        flat = torch.cat([state[s.name].detach().reshape(-1) for s in bucket]).to(device)
-        dist.broadcast(flat, src=src, group=group)
+    send_buckets(
+        iter(state.items()), meta, bucket_bytes, lambda t: dist.broadcast(t, src=src, group=group), device
+    )
 
 
 def receive_weights(group, src: int = 0, device: str = "cpu") -> Iterator[tuple[str, torch.Tensor]]:  # noqa: ANN001
@@ -191,9 +216,4 @@ def receive_weights(group, src: int = 0, device: str = "cpu") -> Iterator[tuple[
     box: list[object] = [None]
     dist.broadcast_object_list(box, src=src, group=group)
     meta, bucket_bytes = box[0]  # type: ignore[misc]
-    for bucket in plan_buckets(meta, bucket_bytes):
-        total = bucket[-1].offset + bucket[-1].numel
-        flat = torch.empty(total, dtype=bucket[0].dtype, device=device)
-        dist.broadcast(flat, src=src, group=group)
-        for s in bucket:
-            yield s.name, flat[s.offset : s.offset + s.numel].view(s.shape)
+    yield from recv_buckets(meta, bucket_bytes, lambda t: dist.broadcast(t, src=src, group=group), device)

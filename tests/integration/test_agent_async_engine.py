@@ -5,9 +5,6 @@ reloads weights in place. The engine lives on one event loop, run here on its ow
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Coroutine
-from typing import Any
 
 import pytest
 from transformers import AutoTokenizer
@@ -19,22 +16,11 @@ from searchrl_rollout.async_engine import AsyncVllmEngine, Delta, join_deltas
 from searchrl_rollout.engine import GenParams, VllmEngine
 from searchrl_rollout.search_loop import build_prompt_ids
 from searchrl_trainer.data import load_qa
-from tests.conftest import ROOT
+from tests.conftest import ROOT, LoopThread
 
 RC = RolloutConfig(max_model_len=1024)
 QUESTIONS = [it.question for it in load_qa(str(ROOT / "data/tiny/train.jsonl"))[:8]]
 GREEDY = GenParams(48, 0.0, 1.0, R1_SEARCHER.stop)
-
-
-class LoopThread:
-    """An asyncio event loop on a daemon thread; `run(coro)` waits for the coroutine's result."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
-
-    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 600) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
 
 @pytest.fixture(scope="module")
