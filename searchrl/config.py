@@ -420,6 +420,11 @@ class RolloutConfig(_Section):
     )
     enforce_eager: bool = True
     weights_dir: str = Field("", description="Local dir for pulled weights; '' = a temp dir.")
+    advertise_host: str = Field(
+        "",
+        description="Pushed weight sync: the host the trainer reaches this worker's control port on; "
+        "'' = $POD_IP, else 127.0.0.1.",
+    )
     weights_pull_timeout_s: float = Field(
         600.0,
         gt=0.0,
@@ -567,15 +572,22 @@ class TrainerConfig(_Section):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         description="Linear layers (by name suffix) that get adapters.",
     )
-    weight_sync: Literal["grpc", "nccl"] = Field(
+    weight_sync: Literal["grpc", "nccl", "gloo"] = Field(
         "grpc",
-        description="How rollout workers get new weights: 'grpc' (GetWeights stream, any hardware) or 'nccl' "
-        "(bucketed broadcast from rank 0 into the vLLM workers; CUDA GPUs only).",
+        description="How rollout workers get new weights: 'grpc' (each worker pulls the GetWeights stream; any "
+        "hardware), or pushed by rank 0 into every worker's vLLM engine through vLLM's weight-transfer API: "
+        "'nccl' (GPUs) or 'gloo' (CPU, the same path). Push needs rollout.engine 'async'; a worker the push "
+        "misses falls back to the pull.",
     )
     weight_bucket_bytes: int = Field(
         256 << 20,
         ge=1 << 20,
-        description="NCCL weight sync: tensors are flattened into buckets of this size.",
+        description="Pushed weight sync: tensors travel in buckets of this size (one broadcast each).",
+    )
+    push_host: str = Field(
+        "",
+        description="Pushed weight sync: the address rollout workers reach this trainer's rank 0 on for the "
+        "group rendezvous; '' = $POD_IP, else 127.0.0.1.",
     )
     workers: int = Field(8, ge=1)
     max_weight_streams: int = Field(
@@ -744,6 +756,13 @@ class Config(_Section):
                     ("trainer", "weight_chunk_bytes"),
                     f"{tr.weight_chunk_bytes} leaves no room for the chunk's other fields in the "
                     f"{MAX_MESSAGE_BYTES >> 20} MiB gRPC message limit (at most {limit})",
+                )
+            )
+        if tr.weight_sync != "grpc" and ro.engine != "async":
+            errors.append(
+                (
+                    ("trainer", "weight_sync"),
+                    f"{tr.weight_sync!r} pushes into vLLM's async engine; rollout.engine is {ro.engine!r}",
                 )
             )
         if self.streams.prompts == self.streams.trajectories:

@@ -255,5 +255,10 @@ def policy_version_key(prefix: str) -> str:
     return f"{prefix}:policy_version"
 
 
+def weight_receivers_key(prefix: str) -> str:
+    """Hash: control address -> consumer name of every rollout worker that takes pushed weights."""
+    return f"{prefix}:weight_receivers"
+
+
 def failed_key(prefix: str) -> str:
     return f"{prefix}:failed"

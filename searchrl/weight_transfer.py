@@ -22,9 +22,11 @@ Contract:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, ClassVar
 
 import torch
@@ -44,11 +46,18 @@ GLOO = "searchrl-gloo"
 BACKENDS = ("nccl", GLOO)
 
 
+GROUP_TIMEOUT = timedelta(
+    minutes=5
+)  # rendezvous and each collective: a vanished peer fails the push, not hangs it
+
+
 def _gloo_group(host: str, port: int, rank: int, world_size: int) -> Any:
     """A gloo process group outside torch.distributed's global state (vLLM's stateless init)."""
     from vllm.distributed.utils import stateless_init_torch_distributed_process_group
 
-    return stateless_init_torch_distributed_process_group(host, port, rank, world_size, backend="gloo")
+    return stateless_init_torch_distributed_process_group(
+        host, port, rank, world_size, backend="gloo", timeout=GROUP_TIMEOUT
+    )
 
 
 def _bcast(group: Any):  # noqa: ANN202
@@ -158,6 +167,16 @@ class StateSource(WeightSource):
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         yield from self.state.items()
+
+
+def push_backend(weight_sync: str) -> str | None:
+    """The vLLM weight-transfer backend of a `trainer.weight_sync` value (None: the pull path)."""
+    return {"nccl": "nccl", "gloo": GLOO}.get(weight_sync)
+
+
+def host_or_default(configured: str) -> str:
+    """A host other processes reach this one on: `configured`, else $POD_IP (Helm sets it), else 127.0.0.1."""
+    return configured or os.environ.get("POD_IP", "") or "127.0.0.1"
 
 
 def register() -> None:

@@ -44,8 +44,11 @@ class Published:
     sha256: str
 
 
-def serialize_state_dict(state: dict[str, torch.Tensor], dtype: torch.dtype | None, skip: set[str]) -> bytes:
-    """safetensors bytes of `state`, cast to `dtype`, without the names in `skip` (e.g. a tied lm_head)."""
+def export_tensors(
+    state: dict[str, torch.Tensor], dtype: torch.dtype | None, skip: set[str]
+) -> dict[str, torch.Tensor]:
+    """`state` as rollout workers load it: floating tensors cast to `dtype`, without the names in `skip` (e.g. a
+    tied lm_head), contiguous, on their device. Uncast tensors may share storage with `state`."""
     tensors = {}
     for name, t in state.items():
         if name in skip:
@@ -53,8 +56,13 @@ def serialize_state_dict(state: dict[str, torch.Tensor], dtype: torch.dtype | No
         t = t.detach()
         if dtype is not None and t.is_floating_point():
             t = t.to(dtype)
-        tensors[name] = t.contiguous().cpu()
-    return save(tensors)
+        tensors[name] = t.contiguous()
+    return tensors
+
+
+def serialize_state_dict(state: dict[str, torch.Tensor], dtype: torch.dtype | None, skip: set[str]) -> bytes:
+    """safetensors bytes of `export_tensors(state, dtype, skip)`."""
+    return save({k: t.cpu() for k, t in export_tensors(state, dtype, skip).items()})
 
 
 class WeightStore:

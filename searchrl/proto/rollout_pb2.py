@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from searchrl.proto import common_pb2 as searchrl_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csearchrl/proto/rollout.proto\x12\x0bsearchrl.v1\x1a\x1bsearchrl/proto/common.proto\"\x16\n\x14RolloutStatusRequest\"|\n\rRolloutStatus\x12\'\n\x06policy\x18\x01 \x01(\x0b\x32\x17.searchrl.v1.PolicyInfo\x12\x10\n\x08\x63onsumer\x18\x02 \x01(\t\x12\x12\n\ntasks_done\x18\x03 \x01(\x03\x12\x1c\n\x14trajectories_written\x18\x04 \x01(\x03\")\n\x12SyncWeightsRequest\x12\x13\n\x0bmin_version\x18\x01 \x01(\x03\x32\xa1\x01\n\x07Rollout\x12J\n\tGetStatus\x12!.searchrl.v1.RolloutStatusRequest\x1a\x1a.searchrl.v1.RolloutStatus\x12J\n\x0bSyncWeights\x12\x1f.searchrl.v1.SyncWeightsRequest\x1a\x1a.searchrl.v1.RolloutStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csearchrl/proto/rollout.proto\x12\x0bsearchrl.v1\x1a\x1bsearchrl/proto/common.proto\"\x16\n\x14RolloutStatusRequest\"|\n\rRolloutStatus\x12\'\n\x06policy\x18\x01 \x01(\x0b\x32\x17.searchrl.v1.PolicyInfo\x12\x10\n\x08\x63onsumer\x18\x02 \x01(\t\x12\x12\n\ntasks_done\x18\x03 \x01(\x03\x12\x1c\n\x14trajectories_written\x18\x04 \x01(\x03\")\n\x12SyncWeightsRequest\x12\x13\n\x0bmin_version\x18\x01 \x01(\x03\"%\n\x15WeightTransferPayload\x12\x0c\n\x04json\x18\x01 \x01(\t\"D\n\x19\x46inishWeightUpdateRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x16\n\x0eweights_sha256\x18\x02 \x01(\t2\xf6\x03\n\x07Rollout\x12J\n\tGetStatus\x12!.searchrl.v1.RolloutStatusRequest\x1a\x1a.searchrl.v1.RolloutStatus\x12J\n\x0bSyncWeights\x12\x1f.searchrl.v1.SyncWeightsRequest\x1a\x1a.searchrl.v1.RolloutStatus\x12T\n\x12InitWeightTransfer\x12\".searchrl.v1.WeightTransferPayload\x1a\x1a.searchrl.v1.RolloutStatus\x12R\n\x11StartWeightUpdate\x12!.searchrl.v1.RolloutStatusRequest\x1a\x1a.searchrl.v1.RolloutStatus\x12O\n\rUpdateWeights\x12\".searchrl.v1.WeightTransferPayload\x1a\x1a.searchrl.v1.RolloutStatus\x12X\n\x12\x46inishWeightUpdate\x12&.searchrl.v1.FinishWeightUpdateRequest\x1a\x1a.searchrl.v1.RolloutStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,6 +38,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROLLOUTSTATUS']._serialized_end=222
   _globals['_SYNCWEIGHTSREQUEST']._serialized_start=224
   _globals['_SYNCWEIGHTSREQUEST']._serialized_end=265
-  _globals['_ROLLOUT']._serialized_start=268
-  _globals['_ROLLOUT']._serialized_end=429
+  _globals['_WEIGHTTRANSFERPAYLOAD']._serialized_start=267
+  _globals['_WEIGHTTRANSFERPAYLOAD']._serialized_end=304
+  _globals['_FINISHWEIGHTUPDATEREQUEST']._serialized_start=306
+  _globals['_FINISHWEIGHTUPDATEREQUEST']._serialized_end=374
+  _globals['_ROLLOUT']._serialized_start=377
+  _globals['_ROLLOUT']._serialized_end=879
 # @@protoc_insertion_point(module_scope)

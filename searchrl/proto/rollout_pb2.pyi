@@ -27,3 +27,17 @@ class SyncWeightsRequest(_message.Message):
     MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
     min_version: int
     def __init__(self, min_version: _Optional[int] = ...) -> None: ...
+
+class WeightTransferPayload(_message.Message):
+    __slots__ = ("json",)
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    def __init__(self, json: _Optional[str] = ...) -> None: ...
+
+class FinishWeightUpdateRequest(_message.Message):
+    __slots__ = ("version", "weights_sha256")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    weights_sha256: str
+    def __init__(self, version: _Optional[int] = ..., weights_sha256: _Optional[str] = ...) -> None: ...

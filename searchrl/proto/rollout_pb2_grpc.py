@@ -44,6 +44,26 @@ class RolloutStub:
                 request_serializer=searchrl_dot_proto_dot_rollout__pb2.SyncWeightsRequest.SerializeToString,
                 response_deserializer=searchrl_dot_proto_dot_rollout__pb2.RolloutStatus.FromString,
                 _registered_method=True)
+        self.InitWeightTransfer = channel.unary_unary(
+                '/searchrl.v1.Rollout/InitWeightTransfer',
+                request_serializer=searchrl_dot_proto_dot_rollout__pb2.WeightTransferPayload.SerializeToString,
+                response_deserializer=searchrl_dot_proto_dot_rollout__pb2.RolloutStatus.FromString,
+                _registered_method=True)
+        self.StartWeightUpdate = channel.unary_unary(
+                '/searchrl.v1.Rollout/StartWeightUpdate',
+                request_serializer=searchrl_dot_proto_dot_rollout__pb2.RolloutStatusRequest.SerializeToString,
+                response_deserializer=searchrl_dot_proto_dot_rollout__pb2.RolloutStatus.FromString,
+                _registered_method=True)
+        self.UpdateWeights = channel.unary_unary(
+                '/searchrl.v1.Rollout/UpdateWeights',
+                request_serializer=searchrl_dot_proto_dot_rollout__pb2.WeightTransferPayload.SerializeToString,
+                response_deserializer=searchrl_dot_proto_dot_rollout__pb2.RolloutStatus.FromString,
+                _registered_method=True)
+        self.FinishWeightUpdate = channel.unary_unary(
+                '/searchrl.v1.Rollout/FinishWeightUpdate',
+                request_serializer=searchrl_dot_proto_dot_rollout__pb2.FinishWeightUpdateRequest.SerializeToString,
+                response_deserializer=searchrl_dot_proto_dot_rollout__pb2.RolloutStatus.FromString,
+                _registered_method=True)
 
 
 class RolloutServicer:
@@ -63,6 +83,36 @@ class RolloutServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InitWeightTransfer(self, request, context):
+        """The push path (`trainer.weight_sync: nccl | gloo`, searchrl/weight_transfer.py): trainer rank 0 drives vLLM's
+        native weight-transfer API of this worker's engine. InitWeightTransfer joins the trainer's group (it blocks
+        until the trainer's rank 0 joins too); StartWeightUpdate stops new segments, lets the ones in flight finish
+        and opens an update; UpdateWeights receives one round of broadcasts (it returns when all arrived);
+        FinishWeightUpdate reloads in place, adopts `version` / `weights_sha256` and lets generation go on. JSON
+        payloads are vLLM's init and update infos. Sync engine (`rollout.engine: sync`): FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartWeightUpdate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateWeights(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FinishWeightUpdate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RolloutServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +124,26 @@ def add_RolloutServicer_to_server(servicer, server):
             'SyncWeights': grpc.unary_unary_rpc_method_handler(
                     servicer.SyncWeights,
                     request_deserializer=searchrl_dot_proto_dot_rollout__pb2.SyncWeightsRequest.FromString,
+                    response_serializer=searchrl_dot_proto_dot_rollout__pb2.RolloutStatus.SerializeToString,
+            ),
+            'InitWeightTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.InitWeightTransfer,
+                    request_deserializer=searchrl_dot_proto_dot_rollout__pb2.WeightTransferPayload.FromString,
+                    response_serializer=searchrl_dot_proto_dot_rollout__pb2.RolloutStatus.SerializeToString,
+            ),
+            'StartWeightUpdate': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartWeightUpdate,
+                    request_deserializer=searchrl_dot_proto_dot_rollout__pb2.RolloutStatusRequest.FromString,
+                    response_serializer=searchrl_dot_proto_dot_rollout__pb2.RolloutStatus.SerializeToString,
+            ),
+            'UpdateWeights': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateWeights,
+                    request_deserializer=searchrl_dot_proto_dot_rollout__pb2.WeightTransferPayload.FromString,
+                    response_serializer=searchrl_dot_proto_dot_rollout__pb2.RolloutStatus.SerializeToString,
+            ),
+            'FinishWeightUpdate': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishWeightUpdate,
+                    request_deserializer=searchrl_dot_proto_dot_rollout__pb2.FinishWeightUpdateRequest.FromString,
                     response_serializer=searchrl_dot_proto_dot_rollout__pb2.RolloutStatus.SerializeToString,
             ),
     }
@@ -130,6 +200,114 @@ class Rollout:
             target,
             '/searchrl.v1.Rollout/SyncWeights',
             searchrl_dot_proto_dot_rollout__pb2.SyncWeightsRequest.SerializeToString,
+            searchrl_dot_proto_dot_rollout__pb2.RolloutStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InitWeightTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/searchrl.v1.Rollout/InitWeightTransfer',
+            searchrl_dot_proto_dot_rollout__pb2.WeightTransferPayload.SerializeToString,
+            searchrl_dot_proto_dot_rollout__pb2.RolloutStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartWeightUpdate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/searchrl.v1.Rollout/StartWeightUpdate',
+            searchrl_dot_proto_dot_rollout__pb2.RolloutStatusRequest.SerializeToString,
+            searchrl_dot_proto_dot_rollout__pb2.RolloutStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateWeights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/searchrl.v1.Rollout/UpdateWeights',
+            searchrl_dot_proto_dot_rollout__pb2.WeightTransferPayload.SerializeToString,
+            searchrl_dot_proto_dot_rollout__pb2.RolloutStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinishWeightUpdate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/searchrl.v1.Rollout/FinishWeightUpdate',
+            searchrl_dot_proto_dot_rollout__pb2.FinishWeightUpdateRequest.SerializeToString,
             searchrl_dot_proto_dot_rollout__pb2.RolloutStatus.FromString,
             options,
             channel_credentials,

@@ -21,6 +21,12 @@ tasks in flight; WorkerBroken after BROKEN_AFTER tasks failed alone in a row. Wh
   rolled-back weights counts as stale); each token's behaviour log-prob is the one of the weights that sampled
   it, which is what the decoupled objective's behaviour policy needs (AReaL keeps interrupted samples the same
   way); `metrics.policy_versions` counts the versions a sample saw;
+- pushed weights (`trainer.weight_sync: nccl | gloo`, services/trainer/push.py): the worker registers its control
+  address in Redis and the trainer drives `push_start` (gate closed once the segments in flight finish) /
+  `push_update` / `push_finish` (adopt the version and sha256, gate open) over gRPC. A newer announced version is
+  awaited from the push for PUSH_WAIT_S and pulled after that. A push that fails or never finishes (no finish
+  within PUSH_WAIT_S) leaves the engine's weights unknown: the gate stays closed until the announced version,
+  even the number held, has been pulled and reloaded;
 - `step()` (tests, tools) takes one intake of up to `tasks_per_batch` tasks, runs them concurrently to their end
   and returns how many were written; it raises a task's transient error after the others were committed.
 Threads: the event loop (engine, admission, bookkeeping) runs on the thread that calls `step` / `run_forever`;
@@ -30,14 +36,21 @@ Redis, Reward and Retriever calls run on worker threads; the heartbeat thread is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import shutil
 import time
+from collections.abc import Coroutine
+from typing import Any
 
+from searchrl import redisio
 from searchrl.records import PromptTask, Trajectory
 from searchrl_rollout.async_loop import AsyncEngine, GenerationGate, SearchBatcher, run_samples
 from searchrl_rollout.worker import (
+    PHASE,
     TASKS,
     TRAJ,
+    VERSION,
     Held,
     RolloutWorker,
     WorkerBroken,
@@ -47,6 +60,8 @@ from searchrl_rollout.worker import (
 )
 
 log = logging.getLogger(__name__)
+
+PUSH_WAIT_S = 30.0  # how long a newer announced version is awaited from the trainer's push before a pull
 
 
 class AsyncRolloutWorker(RolloutWorker):
@@ -62,6 +77,11 @@ class AsyncRolloutWorker(RolloutWorker):
         self._sync_lock = asyncio.Lock()
         self._last_group = 1
         self._admit_after = 0.0  # monotonic time before which no task is taken (backoff)
+        self.pushed = self.cfg.trainer.weight_sync != "grpc"
+        self.push_wait_s = min(PUSH_WAIT_S, self.cfg.rollout.weights_pull_timeout_s)
+        self.receiver_address = ""  # set by register_receiver once the control server listens
+        self._push_watchdog: asyncio.TimerHandle | None = None
+        self._push_t0 = 0.0
 
     def _tokenize(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -70,7 +90,10 @@ class AsyncRolloutWorker(RolloutWorker):
 
     async def _sync_async(self, need: int) -> float:
         """`_sync` without stopping generation for the pull: only the reload waits for the segments in flight.
-        One sync at a time; returns seconds spent."""
+        One sync at a time; returns seconds spent. With pushed weights, a newer announced version is first
+        awaited from the trainer's push (`push_wait_s`); the pull is the fallback."""
+        if self.pushed and self.receiver_address and await self._push_awaited():
+            return 0.0
         async with self._sync_lock:
             announced = await asyncio.to_thread(self._sync_target, need)
             if announced is None:
@@ -88,6 +111,107 @@ class AsyncRolloutWorker(RolloutWorker):
                 return self._adopt(announced, pulled, t0)
             finally:
                 self._gate.resume()
+
+    # ---- pushed weights (trainer.weight_sync: nccl | gloo; called on the loop from gRPC threads) ----------------
+
+    def on_loop(self, coro: Coroutine[Any, Any, Any], timeout: float) -> Any:
+        """Run `coro` on the worker's event loop (the engine's) from another thread; its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    async def push_init(self, init_info: dict[str, Any]) -> None:
+        """Join the trainer's transfer group (blocks until the trainer's rank 0 has joined)."""
+        await self.engine.init_transfer(init_info)
+
+    async def push_start(self) -> None:
+        """Close the gate (segments in flight finish first) and open an update; one sync at a time. If no
+        finish follows within `push_wait_s`, the push counts as failed (`_push_failed`)."""
+        await self._sync_lock.acquire()
+        try:
+            await self._gate.pause()
+            await self.engine.start_update()
+        except BaseException:
+            self._gate.resume()
+            self._sync_lock.release()
+            raise
+        self._push_t0 = time.perf_counter()
+        self._push_watchdog = asyncio.get_running_loop().call_later(
+            self.push_wait_s, lambda: asyncio.ensure_future(self._push_failed("no finish"))
+        )
+
+    async def push_update(self, update_info: dict[str, Any]) -> None:
+        try:
+            await self.engine.update(update_info)
+        except BaseException as e:
+            await self._push_failed(f"update failed: {_describe(e)}")
+            raise
+
+    async def push_finish(self, version: int, sha: str) -> None:
+        """Reload in place and adopt `version` (what the trainer published with `sha`); generation goes on."""
+        if self._push_watchdog is None:
+            raise RuntimeError("FinishWeightUpdate without an open update (StartWeightUpdate first)")
+        try:
+            await self.engine.finish_update()
+        except BaseException as e:
+            await self._push_failed(f"finish failed: {_describe(e)}")
+            raise
+        self._end_push()
+        if self._folder:  # the pulled folder the engine ran on is no longer what it holds
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+        self.state.version, self.state.weights_sha256 = version, sha
+        self._synced_for = max(self._synced_for, version)
+        VERSION.set(version)
+        dt = time.perf_counter() - self._push_t0
+        PHASE.labels("weight_sync").observe(dt)
+        log.info("pushed policy v%d (%s) in %.2fs", version, sha[:12], dt)
+        self._gate.resume()
+        self._sync_lock.release()
+
+    def _end_push(self) -> None:
+        if self._push_watchdog is not None:
+            self._push_watchdog.cancel()
+            self._push_watchdog = None
+
+    async def _push_failed(self, why: str) -> None:
+        """An update that did not finish leaves the engine's weights unknown: they are marked so (the next sync
+        pulls and reloads the announced version whatever its number) and the gate stays closed until that reload
+        opens it."""
+        if self._push_watchdog is None:  # already handled (finish or another failure)
+            return
+        self._end_push()
+        log.warning("weight push failed (%s): reloading the announced version over the pull path", why)
+        with contextlib.suppress(Exception):
+            await self.engine.finish_update()
+        self.state.weights_sha256 = ""
+        self._synced_for = -1
+        self._sync_lock.release()
+
+    async def _push_awaited(self) -> bool:
+        """Whether a push brought the announced version within `push_wait_s` (True at once when nothing newer is
+        announced); False: the caller pulls."""
+        deadline = time.monotonic() + self.push_wait_s
+        while True:
+            if self._synced_for < 0:  # a push failed: the weights are unknown, reload over the pull path
+                return False
+            announced = await asyncio.to_thread(self.announced_version)
+            if announced <= self.state.version:
+                return True
+            if time.monotonic() >= deadline:
+                log.warning("no push of v%d within %.0fs: pulling it", announced, self.push_wait_s)
+                return False
+            await asyncio.sleep(0.2)
+
+    def register_receiver(self, address: str) -> None:
+        """Announce `address` (this worker's control port) to the trainer as a receiver of pushed weights; the
+        heartbeat renews it (the trainer drops addresses that stop answering)."""
+        self.receiver_address = address
+        self.r.hset(redisio.weight_receivers_key(self.streams.key_prefix), address, self.consumer)
+
+    def heartbeat(self) -> list[str]:
+        ids = super().heartbeat()
+        if self.pushed and self.receiver_address:
+            self.register_receiver(self.receiver_address)
+        return ids
 
     # ---- one task --------------------------------------------------------------------------------------------
 

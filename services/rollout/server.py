@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+
+import grpc
 
 from searchrl import redisio
 from searchrl.config import Config
@@ -21,7 +24,12 @@ from searchrl.proto import (
 from searchrl.protocol import Document
 from searchrl_reward.rules import ScoreResult
 from searchrl_reward.scorer import ScoreInput
+from searchrl_rollout.async_worker import AsyncRolloutWorker
 from searchrl_rollout.worker import RolloutWorker, make_puller
+
+PUSH_RPC_TIMEOUT_S = (
+    900.0  # a round's broadcasts of a large model on a slow link; the group has its own timeout
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,53 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
         if request.min_version < 0:
             raise ValueError("min_version: must be >= 0")
         self.worker.request_sync(request.min_version)
+        return self._status()
+
+    # ---- pushed weights: trainer rank 0 drives the engine's weight transfer (searchrl/weight_transfer.py) ------
+
+    def _pushing(self, context) -> AsyncRolloutWorker:  # noqa: ANN001 - a grpc.ServicerContext
+        worker = self.worker
+        if not isinstance(worker, AsyncRolloutWorker) or not worker.pushed:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "pushed weights need rollout.engine 'async' and trainer.weight_sync 'nccl' or 'gloo'",
+            )
+        return worker
+
+    @staticmethod
+    def _payload(request) -> dict:  # noqa: ANN001 - a WeightTransferPayload
+        try:
+            info = json.loads(request.json)
+        except ValueError as e:
+            raise ValueError(f"json: not JSON ({e})") from e
+        if not isinstance(info, dict):
+            raise ValueError("json: must be a JSON object")
+        return info
+
+    @rpc("rollout")
+    def InitWeightTransfer(self, request, context):  # noqa: N802
+        w = self._pushing(context)
+        w.on_loop(w.push_init(self._payload(request)), PUSH_RPC_TIMEOUT_S)
+        return self._status()
+
+    @rpc("rollout")
+    def StartWeightUpdate(self, request, context):  # noqa: N802
+        w = self._pushing(context)
+        w.on_loop(w.push_start(), PUSH_RPC_TIMEOUT_S)
+        return self._status()
+
+    @rpc("rollout")
+    def UpdateWeights(self, request, context):  # noqa: N802
+        w = self._pushing(context)
+        w.on_loop(w.push_update(self._payload(request)), PUSH_RPC_TIMEOUT_S)
+        return self._status()
+
+    @rpc("rollout")
+    def FinishWeightUpdate(self, request, context):  # noqa: N802
+        w = self._pushing(context)
+        if request.version < 0:
+            raise ValueError("version: must be >= 0")
+        w.on_loop(w.push_finish(request.version, request.weights_sha256), PUSH_RPC_TIMEOUT_S)
         return self._status()
 
 
@@ -88,14 +143,17 @@ def build_worker(cfg: Config, redis_url: str) -> RolloutWorker:
     engine."""
     from transformers import AutoTokenizer
 
+    from searchrl.weight_transfer import push_backend
     from searchrl_rollout.async_engine import AsyncVllmEngine
-    from searchrl_rollout.async_worker import AsyncRolloutWorker
     from searchrl_rollout.engine import VllmEngine
 
     model_path = resolve_model(cfg.model.path, cfg.model.cache_dir, cfg.run.seed)
     asynchronous = cfg.rollout.engine == "async"
-    make_engine = AsyncVllmEngine if asynchronous else VllmEngine
-    engine = make_engine.from_config(model_path, cfg.rollout, cfg.run.seed)
+    backend = push_backend(cfg.trainer.weight_sync)
+    if asynchronous:
+        engine = AsyncVllmEngine.from_config(model_path, cfg.rollout, cfg.run.seed, weight_transfer=backend)
+    else:
+        engine = VllmEngine.from_config(model_path, cfg.rollout, cfg.run.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     a = cfg.addresses
     search = grpc_search(retriever_pb2_grpc.RetrieverStub(channel(a.retriever, cfg.security)))
@@ -112,4 +170,8 @@ def serve(cfg: Config, redis_url: str) -> tuple[Server, RolloutWorker]:
     server = Server(r.port, r.metrics_port, r.workers, cfg.security, r.health_port)
     server.add(rollout_pb2_grpc.add_RolloutServicer_to_server, RolloutServicer(worker), "searchrl.v1.Rollout")
     server.start()
+    if isinstance(worker, AsyncRolloutWorker) and worker.pushed:
+        from searchrl.weight_transfer import host_or_default
+
+        worker.register_receiver(f"{host_or_default(r.advertise_host)}:{server.port}")
     return server, worker

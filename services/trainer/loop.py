@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import redis
@@ -41,10 +42,13 @@ from prometheus_client import Counter, Gauge
 from searchrl import redisio
 from searchrl.config import Config
 from searchrl.records import PromptTask, Trajectory, task_id_of
-from searchrl.weightsync import WeightStore, serialize_state_dict
+from searchrl.weightsync import WeightStore, export_tensors, serialize_state_dict
 from searchrl_trainer.data import Cursor, EpochIterator, load_qa
 from searchrl_trainer.learner import Learner, StepFailed
 from searchrl_trainer.ledger import GROUP, Issued, Ledger
+
+if TYPE_CHECKING:
+    from searchrl_trainer.push import WeightPusher
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +134,11 @@ class TrainerLoop:
         self.saved_step = 0
         self.wait = _Wait()
         self._taken_over = False
+        self.pusher: WeightPusher | None = None
+        if self.tc.weight_sync != "grpc":
+            from searchrl_trainer.push import WeightPusher
+
+            self.pusher = WeightPusher(cfg, r)
         redisio.ensure_group(r, cfg.streams.prompts, "rollout")
         redisio.ensure_group(r, cfg.streams.trajectories, GROUP)
 
@@ -188,14 +197,17 @@ class TrainerLoop:
             log.warning("metrics.jsonl: removed %d line(s) of rolled-back steps", len(lines) - len(keep))
 
     def _store_weights(self) -> None:
-        """Serialise the current weights (in the rollout dtype) into the store under the current version."""
+        """Serialise the current weights (in the rollout dtype) into the store under the current version, and hand
+        them to the pusher when workers take pushed weights."""
         import torch
 
         dt = _DTYPES[self.cfg.rollout.dtype]
-        payload = serialize_state_dict(
+        tensors = export_tensors(
             self.learner.state_dict_for_export(), getattr(torch, dt) if dt else None, self.learner.export_skip
         )
-        self.store.publish(self.state.version, payload)
+        pub = self.store.publish(self.state.version, serialize_state_dict(tensors, None, set()))
+        if self.pusher is not None:  # a snapshot: the next step changes the live tensors
+            self.pusher.submit(pub.version, pub.sha256, {k: t.clone() for k, t in tensors.items()})
 
     def publish(self) -> None:
         """Store the weights, then announce the version (store first, so a pull never misses)."""

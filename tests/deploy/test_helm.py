@@ -438,7 +438,9 @@ def _allowed(policies: list[dict], direction: str, me: dict, peer: dict, peer_ns
         return True
     for p in mine:
         for rule in p["spec"].get(key, []):
-            ports_ok = not rule.get("ports") or any(int(r["port"]) == port for r in rule["ports"])
+            ports_ok = not rule.get("ports") or any(
+                int(r["port"]) <= port <= int(r.get("endPort", r["port"])) for r in rule["ports"]
+            )
             peers = rule.get(peers_key)
             peers_ok = peers is None or any(_peer_matches(x, peer, peer_ns) for x in peers)
             if ports_ok and peers_ok:
@@ -482,6 +484,28 @@ def test_network_policies_allow_exactly_the_data_flow(rendered) -> None:
     # DNS egress for everyone
     dns = {"k8s-app": "kube-dns"}
     assert all(_allowed(policies, "Egress", labels, dns, "kube-system", 53) for labels in pods.values())
+
+
+def test_pushed_weights_open_the_trainer_and_the_workers_to_each_other() -> None:
+    """trainer.weight_sync nccl: the trainer calls the workers' control port and the transfer group connects
+    both ways on run-time ports; every pod learns its own address (POD_IP) for the rendezvous."""
+    objs = render(values={**ci_values()["default"], "config": {"trainer": {"weight_sync": "nccl"}}})
+    assert not validate_all(objs)
+    policies = find(objs, "NetworkPolicy")
+    pods = {
+        tpl["metadata"]["labels"]["app.kubernetes.io/component"]: tpl["metadata"]["labels"]
+        for _, tpl in pod_templates(objs)
+    }
+    cfg = yaml.safe_load(one(objs, "ConfigMap", "config")["data"]["config.yaml"])
+    for src, dst, port in [("trainer", "rollout", cfg["rollout"]["port"]), ("trainer", "rollout", 41234)] + [
+        ("rollout", "trainer", 41234)
+    ]:
+        assert _allowed(policies, "Egress", pods[src], pods[dst], NAMESPACE, port), (src, dst, port)
+        assert _allowed(policies, "Ingress", pods[dst], pods[src], NAMESPACE, port), (src, dst, port)
+    assert not _allowed(policies, "Ingress", pods["rollout"], pods["reward"], NAMESPACE, 41234)
+    for name in ("trainer", "rollout"):
+        env = env_of(containers(searchrl_pods(objs)[name])[0])
+        assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
 
 
 def test_retriever_http_port_and_shared_cache(rendered) -> None:

@@ -6,11 +6,11 @@ the same weights, and back to the original tokens when the original weights are 
 
 from __future__ import annotations
 
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
-import pytest
 from searchrl.config import RolloutConfig
 from searchrl.models import resolve_model
 from searchrl.protocol import R1_SEARCHER

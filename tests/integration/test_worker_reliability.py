@@ -465,3 +465,124 @@ def test_async_worker_reloads_between_segments_and_labels_a_sample_by_its_first_
     assert traj.policy_version == 0 and traj.metrics["policy_versions"] == 2.0
     assert (w.state.version, w.state.weights_sha256) == (1, pub.sha256)
     assert [c[0] for c in w.engine.calls] == ["generate", "load", "generate"]
+
+
+# ---- pushed weights (trainer.weight_sync: nccl | gloo): a push that fails or never comes costs a pull, never a
+# sample generated on half-loaded weights ---------------------------------------------------------------------
+
+
+class PushFakeEngine(AsyncFakeEngine):
+    """AsyncFakeEngine with vLLM's weight-transfer calls; `update` raises when `fail_update` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_update = False
+
+    async def init_transfer(self, init_info: dict) -> None:
+        self.calls.append(("init", threading.get_ident(), 0.0, 0.0))
+
+    async def start_update(self) -> None:
+        self.calls.append(("start", threading.get_ident(), 0.0, 0.0))
+
+    async def update(self, update_info: dict) -> None:
+        if self.fail_update:
+            raise RuntimeError("Connection closed by peer")  # the trainer died mid-broadcast
+        self.calls.append(("update", threading.get_ident(), 0.0, 0.0))
+
+    async def finish_update(self) -> None:
+        self.calls.append(("finish", threading.get_ident(), 0.0, 0.0))
+
+
+def _pushing_worker(make_worker) -> AsyncRolloutWorker:  # noqa: ANN001
+    w = make_worker(poll_interval_s=0.05)
+    w.engine = PushFakeEngine()
+    w.pushed, w.push_wait_s = True, 1.0
+    w.register_receiver("127.0.0.1:1")
+    return w
+
+
+@pytest.mark.parametrize("make_worker", ["async"], indirect=True)
+def test_a_finished_push_is_adopted_and_nothing_is_pulled(make_worker, redis_client):
+    r = redis_client
+    w = _pushing_worker(make_worker)
+    assert r.hget("searchrl:weight_receivers", "127.0.0.1:1") == b"w1"
+    t = _run_in_thread(w)
+    try:
+        w.on_loop(w.push_start(), 60)
+        w.on_loop(w.push_update({}), 60)
+        w.on_loop(w.push_finish(4, "sha-of-v4"), 60)
+        r.set(policy_version_key("searchrl"), 4)
+        push(r, "after-push", group_size=1)
+        _wait(lambda: "after-push" in trajectories(r), t)
+    finally:
+        w.stop()
+        t.join(60)
+    assert (w.state.version, w.state.weights_sha256) == (4, "sha-of-v4")
+    assert trajectories(r)["after-push"][0].policy_version == 4
+    assert w.engine.loaded == []  # no pull
+    kinds = [c[0] for c in w.engine.calls]
+    assert kinds[:3] == ["start", "update", "finish"] and "generate" in kinds
+
+
+@pytest.mark.parametrize("make_worker", ["async"], indirect=True)
+@pytest.mark.parametrize("failure", ["update raises", "no finish"])
+def test_a_failed_push_reloads_the_held_version_before_anything_generates(
+    make_worker, redis_client, trainer, failure
+):
+    """The worker holds v5; the push of v6 (not announced yet) fails: the trainer dies mid-broadcast (update
+    raises) or after start (no finish within push_wait_s). The engine's weights are then unknown, so the worker
+    reloads the announced version, the very number it held, and only then generates again."""
+    store, _ = trainer
+    r = redis_client
+    pub = store.publish(5, b"weights-v5")
+    r.set(policy_version_key("searchrl"), 5)
+    w = _pushing_worker(make_worker)
+    w.push_wait_s = 30.0
+    w.step(block_ms=10)  # a normal pull of v5 at start-up
+    w.push_wait_s = 1.0
+    assert w.engine.loaded == [b"weights-v5"]
+    t = _run_in_thread(w)
+    try:
+        w.on_loop(w.push_start(), 60)
+        if failure == "update raises":
+            w.engine.fail_update = True
+            with pytest.raises(RuntimeError, match="closed by peer"):
+                w.on_loop(w.push_update({}), 60)
+        push(r, "after-failure", group_size=1)
+        _wait(lambda: "after-failure" in trajectories(r), t)
+    finally:
+        w.stop()
+        t.join(60)
+    kinds = [c[0] for c in w.engine.calls]
+    assert w.engine.loaded == [b"weights-v5", b"weights-v5"]
+    after = kinds[kinds.index("start") :]
+    assert after.index("load") < after.index("generate")  # nothing generated on the half-pushed weights
+    assert (w.state.version, w.state.weights_sha256) == (5, pub.sha256)
+    assert trajectories(r)["after-failure"][0].policy_version == 5
+
+
+@pytest.mark.parametrize("make_worker", ["async"], indirect=True)
+def test_a_version_no_push_brings_is_pulled_after_the_push_wait(make_worker, redis_client, trainer):
+    store, _ = trainer
+    r = redis_client
+    store.publish(6, b"weights-v6")
+    w = _pushing_worker(make_worker)
+    r.set(policy_version_key("searchrl"), 6)
+    t0 = time.monotonic()
+    w.step(block_ms=10)
+    assert w.engine.loaded == [b"weights-v6"] and w.state.version == 6
+    assert time.monotonic() - t0 >= w.push_wait_s  # the push was awaited first
+    w.close()
+
+
+@pytest.mark.parametrize("make_worker", ["sync"], indirect=True)
+def test_push_rpcs_on_a_sync_worker_fail_with_a_precondition(make_worker):
+    w = make_worker()
+    server, addr = _grpc_server(rollout_pb2_grpc.add_RolloutServicer_to_server, RolloutServicer(w))
+    try:
+        stub = rollout_pb2_grpc.RolloutStub(grpc.insecure_channel(addr))
+        with pytest.raises(grpc.RpcError) as e:
+            stub.StartWeightUpdate(rollout_pb2.RolloutStatusRequest(), timeout=10)
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "rollout.engine" in e.value.details()
+    finally:
+        server.stop(0)

@@ -99,6 +99,9 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 - name: SEARCHRL_REDIS_URL
   value: {{ include "searchrl.redisUrl" $root | quote }}
 {{- end }}
+- name: POD_IP  # where other pods reach this one (trainer.push_host / rollout.advertise_host default to it)
+  valueFrom:
+    fieldRef: {fieldPath: status.podIP}
 - name: SEARCHRL_RETRIEVER_ADDR
   value: {{ printf "%s:%v" (include "searchrl.component" (dict "root" $root "name" "retriever")) $root.Values.config.retriever.port | quote }}
 - name: SEARCHRL_REWARD_ADDR
