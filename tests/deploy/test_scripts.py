@@ -11,7 +11,13 @@ import pytest
 
 from tests.deploy.conftest import ROOT
 
-SCRIPTS = ["deploy/smoke/compose-podman.sh", "deploy/images/download-wheels.sh", "deploy/images/pip.sh"]
+SCRIPTS = [
+    "deploy/smoke/compose-podman.sh",
+    "deploy/images/download-wheels.sh",
+    "deploy/images/pip.sh",
+    "bench/gpu_check.sh",
+    "scripts/install-cpu.sh",
+]
 
 
 def shellcheck() -> str:

