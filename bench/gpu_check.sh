@@ -6,8 +6,8 @@
 #  1. vLLM CUDA rollout with searches: the real-engine worker, async-vs-sync identity and async engine tests
 #  2. faiss-gpu: the index cloned onto the GPUs (fp16, sharded) answers as on the CPU; the tier benchmark
 #  3. a bf16 ZeRO-2 learner step on the GPU
-#  4. the NCCL weight push into a CUDA vLLM engine (vLLM's weight-transfer API), then a whole `searchrl up` run
-#     with trainer.weight_sync=nccl
+#  4. the NCCL weight push into a CUDA vLLM engine (vLLM's weight-transfer API; needs 2 GPUs), then a whole
+#     `searchrl up` run on the GPU
 #  5. the rollout and learner benchmarks (ratios printed against their baselines, same process)
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -33,8 +33,11 @@ step rollout-cuda python -m pytest -q -p no:cacheprovider -m "not chaos" \
   tests/integration/test_async_rollout_identity.py
 step gpu-tests python -m pytest -q -p no:cacheprovider -m gpu tests/integration/test_gpu.py tests/integration/test_weight_push.py
 step faiss-gpu-bench python bench/retriever_index.py --n 1000000 --no-demo --out "$OUT/retriever-index-gpu.md"
-step up-nccl python -m searchrl.cli up -c configs/tiny.yaml --steps 3 --run-dir "$OUT/up-nccl" \
-  --set trainer.weight_sync=nccl --set rollout.dtype=bfloat16
+# the whole system on the GPU (vLLM CUDA engine, DeepSpeed on the GPU); weights over gRPC: NCCL refuses two ranks
+# on one device, so the pushed path needs the trainer and the workers on different GPUs (the nccl push test above
+# takes cuda:0 and cuda:1, and skips on a 1-GPU node)
+step up-gpu python -m searchrl.cli up -c configs/tiny.yaml --steps 3 --run-dir "$OUT/up-gpu" \
+  --set rollout.gpu_memory_utilization=0.3
 step weight-sync-bench python bench/weight_sync.py --out "$OUT/weight-sync.json"
 step rollout-bench python bench/rollout_throughput.py --search retriever --repeats 3 --out "$OUT/rollout-throughput.json"
 step learner-bench python bench/learner_step.py --out "$OUT/learner-step.json"
