@@ -91,10 +91,9 @@ class GlooWeightTransferEngine(NCCLWeightTransferEngine):
                 "searchrl-gloo weight transfer not initialised: call init_transfer_engine first"
             )
         pairs = recv_buckets(
-            _meta(update_info), self.packed_buffer_size_bytes, _bcast(self.model_update_group), "cpu"
+            _meta(update_info), self.packed_buffer_size_bytes, _bcast(self.model_update_group), self.device
         )
-        for name, tensor in pairs:
-            self.model.load_weights([(name, tensor.to(self.device))])
+        self.model.load_weights(pairs)  # one call: the tensors load as their buckets arrive
 
     def shutdown(self) -> None:
         self.model_update_group = None
