@@ -70,7 +70,9 @@ def _greedy(loop: LoopThread, engine: AsyncVllmEngine, prompts: list[list[int]])
 def test_pushed_weights_are_the_ones_generating(setup, tmp_path):
     path, prompts, loop, engine, backend = setup
     device = "cpu"
-    if backend == "nccl":  # NCCL refuses two ranks on one GPU: the engine holds cuda:0, the sender takes cuda:1
+    if (
+        backend == "nccl"
+    ):  # NCCL refuses two ranks on one GPU: the engine holds cuda:0, the sender takes cuda:1
         if torch.cuda.device_count() < 2:
             pytest.skip("the NCCL push needs 2 GPUs (trainer and engine on different devices)")
         torch.cuda.set_device(1)
