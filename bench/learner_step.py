@@ -7,7 +7,10 @@ this process:
    (it reuses the training forward's own log-probs), as a share of a train step;
 3. `trainer.train_layers`: a train step with only the top N decoder layers trainable vs the whole model;
 4. `trainer.world_size`: a train step of the same batch on 2 gloo ranks vs 1 (each world size in a process of
-   its own, started through `dist.launch` as the trainer service does; the CPU cores are split between ranks).
+   its own, started through `dist.launch` as the trainer service does; the CPU cores are split between ranks);
+5. `trainer.shared_prefix`: a train step whose groups share their prompt (the demo's ~550-token few-shot prompt,
+   `--prompt-len`), with the prompt run once per micro-batch vs once per row (the demo's settings:
+   `train_layers` 8, micro-batch 4 = one group).
 
 Trajectories are synthetic with demo-like lengths (prompt ~110 tokens, responses 40-380 with document spans).
 Usage: python bench/learner_step.py [--model builtin:smollm2-135m-instruct] [--layers 10] [--rows 16]
@@ -33,11 +36,16 @@ from searchrl_trainer.dist import launch
 from searchrl_trainer.learner import Batch, Learner, collate
 
 
-def trajectories(rows: int, group: int, seed: int = 0) -> list[Trajectory]:
+def trajectories(rows: int, group: int, seed: int = 0, prompt_len: int = 0) -> list[Trajectory]:
+    """Demo-like rows; `prompt_len` > 0: every group's rows share one prompt of that length (as the rollout
+    writes them), else each row has its own of 95-125 tokens."""
     rng = np.random.default_rng(seed)
     out = []
+    shared = None
     for i in range(rows):
         p, r = int(rng.integers(95, 125)), int(rng.integers(40, 380))
+        if prompt_len and i % group == 0:
+            shared = rng.integers(10, 40000, prompt_len).astype(np.int32)
         mask = np.ones(r, np.uint8)
         if r > 120:  # one inserted document span
             mask[60 : 60 + min(90, r - 80)] = 0
@@ -48,7 +56,7 @@ def trajectories(rows: int, group: int, seed: int = 0) -> list[Trajectory]:
                 i % group,
                 group,
                 0,
-                rng.integers(10, 40000, p).astype(np.int32),
+                shared if prompt_len else rng.integers(10, 40000, p).astype(np.int32),
                 rng.integers(10, 40000, r).astype(np.int32),
                 mask,
                 np.full(r, -1.0, np.float32),
@@ -138,15 +146,21 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--only-ranks", action="store_true", help="run part 4 only")
+    ap.add_argument("--only-shared", action="store_true", help="run part 5 only")
+    ap.add_argument("--prompt-len", type=int, default=550, help="the shared prompt of part 5")
     ap.add_argument("--out", help="write part 4's numbers as JSON here")
     ap.add_argument("--world-size", type=int, help=argparse.SUPPRESS)  # part 4's worker processes
     args = ap.parse_args()
     path = resolve_model(args.model, "~/.cache/searchrl/models", 0)
     if args.world_size:
         return ranks_worker(args, path)
+    if args.only_shared:
+        return print(json.dumps(shared_prefix(args, path)))
     if not args.only_ranks:
         parts_1_to_3(args, path)
     result = compare_ranks(args)
+    if not args.only_ranks:
+        result["shared_prefix"] = shared_prefix(args, path)
     if args.out:
         with open(args.out, "w") as f:
             f.write(json.dumps(result, indent=2) + "\n")
@@ -191,6 +205,35 @@ def parts_1_to_3(args: argparse.Namespace, path: str) -> None:
         f"-> {t_step / t_frozen:.2f}x faster",
         flush=True,
     )
+
+
+def shared_prefix(args: argparse.Namespace, path: str) -> dict:
+    trajs = trajectories(args.rows, args.group, prompt_len=args.prompt_len)
+    times = {}
+    for on in (False, True):
+        cfg = TrainerConfig(
+            group_size=args.group,
+            groups_per_step=args.rows // args.group,
+            micro_batch_size=args.group,
+            lr=1e-7,
+            train_layers=8,
+            shared_prefix=on,
+        )
+        learner = Learner(cfg, path)
+        learner.train_step(trajs)  # warm-up
+        times[on] = best_of(2, lambda lr=learner: lr.train_step(trajs))
+        del learner
+    print(
+        f"5. shared prefix ({args.prompt_len}-token prompt per group of {args.group}): step {times[True]:.2f} s vs "
+        f"{times[False]:.2f} s once per row -> {times[False] / times[True]:.2f}x faster",
+        flush=True,
+    )
+    return {
+        "prompt_len": args.prompt_len,
+        "rows": args.rows,
+        "shared_s": times[True],
+        "per_row_s": times[False],
+    }
 
 
 if __name__ == "__main__":

@@ -551,6 +551,12 @@ class TrainerConfig(_Section):
         description="How long a rank waits on a peer before it gives up and exits (rank 0 pings idle ranks every "
         "quarter of this while it waits for groups); a dead rank takes the trainer down to resume from its checkpoint.",
     )
+    shared_prefix: bool = Field(
+        True,
+        description="Run a group's common prompt once per micro-batch and its rows' responses on top of its "
+        "keys/values (same loss and gradients; the prompt's cost divided by the rows sharing it). Micro-batches "
+        "then never mix groups.",
+    )
     decoupled_ppo: bool = Field(
         False,
         description="Decoupled PPO (AReaL) for stale samples (max_staleness > 0): clip against the learner's "

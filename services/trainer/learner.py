@@ -84,12 +84,28 @@ class Batch:
             P - cut,
         )
 
-    def micro_batches(self, size: int, rows: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """Row indices (of `rows`, default all) in micro-batches of `size`, rows of similar total length
-        together (less padding)."""
+    def micro_batches(
+        self, size: int, rows: torch.Tensor | None = None, group: int = 0
+    ) -> list[torch.Tensor]:
+        """Row indices (of `rows`, default all) in micro-batches of at most `size`, rows of similar total length
+        together (less padding). With `group` > 1 a micro-batch never mixes groups (rows i // group): the rows
+        of one prompt go together, for the shared-prefix forward."""
         rows = torch.arange(self.rewards.numel()) if rows is None else rows
         order = rows[torch.argsort(self.attention_mask[rows].sum(1), stable=True)]
-        return list(order.split(size))
+        if group <= 1:
+            return list(order.split(size))
+        by_group: dict[int, list[int]] = {}
+        for i in order.tolist():
+            by_group.setdefault(i // group, []).append(i)
+        return [part for g in sorted(by_group) for part in torch.tensor(by_group[g]).split(size)]
+
+    def shares_prompt(self) -> bool:
+        """Whether every row has the same (unpadded) prompt: then one forward of it serves them all."""
+        P = self.prompt_len
+        if P == 0 or self.rewards.numel() < 2:
+            return False
+        ids, att = self.input_ids[:, :P], self.attention_mask[:, :P]
+        return bool((att == 1).all() and (ids == ids[:1]).all())
 
     def shard(self, rank: int, world_size: int) -> torch.Tensor:
         """The rows rank `rank` of `world_size` trains: dealt out in order of length, so every rank gets the
@@ -126,6 +142,50 @@ def collate(trajs: list[Trajectory], pad_id: int) -> Batch:
         torch.tensor([t.reward for t in trajs], dtype=torch.float32),
         P,
     )
+
+
+def response_logits(model: torch.nn.Module, b: Batch, device: str | torch.device) -> torch.Tensor:
+    """Float logits predicting each response token, [B, R]: one forward of every row's prompt + response."""
+    R = b.response_ids.shape[1]
+    # logits at column c predict token c+1: response token j (column P+j) comes from column P+j-1. Only the
+    # last R+1 columns go through the (vocabulary-wide) lm_head: prompts cost no logits memory.
+    out = model(
+        input_ids=b.input_ids.to(device),
+        attention_mask=b.attention_mask.to(device),
+        position_ids=b.position_ids.to(device),
+        use_cache=False,
+        logits_to_keep=R + 1,
+    )
+    return out.logits[:, :R].float()
+
+
+def shared_prefix_logits(model: torch.nn.Module, b: Batch, device: str | torch.device) -> torch.Tensor:
+    """`response_logits` of rows that share their prompt (`b.shares_prompt()`), with the prompt run once: its
+    keys and values (kept in the autograd graph) are repeated for every row, and the rows run only their
+    responses on top. The same function of the weights, so the same values and gradients up to float summation
+    order; the prompt costs 1/B of its forward and backward."""
+    P, R, B = b.prompt_len, b.response_ids.shape[1], b.rewards.numel()
+    ids, att, pos = (t.to(device) for t in (b.input_ids, b.attention_mask, b.position_ids))
+    pre = model(
+        input_ids=ids[:1, :P],
+        attention_mask=att[:1, :P],
+        position_ids=pos[:1, :P],
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    first = pre.logits[:, -1:].expand(B, 1, -1)  # predicts response token 0
+    if R == 1:
+        return first.float()
+    cache = pre.past_key_values
+    cache.batch_repeat_interleave(B)
+    out = model(
+        input_ids=ids[:, P : P + R - 1],
+        attention_mask=att[:, : P + R - 1],
+        position_ids=pos[:, P : P + R - 1],
+        past_key_values=cache,
+        use_cache=True,
+    )
+    return torch.cat([first, out.logits], dim=1).float()
 
 
 def init_distributed(backend: str, timeout_s: float = 1800.0) -> str:
@@ -193,6 +253,7 @@ class Learner:
         rows = cfg.groups_per_step * cfg.group_size // self.world_size  # per rank (config checks it divides)
         self.micro = min(cfg.micro_batch_size, rows)
         self.gas = math.ceil(rows / self.micro)
+        self._group = 0
         ds_config = {
             "train_micro_batch_size_per_gpu": self.micro,
             "gradient_accumulation_steps": self.gas,
@@ -216,17 +277,9 @@ class Learner:
     # ---- forward helpers ------------------------------------------------------------------------------------
 
     def _response_logits(self, model: torch.nn.Module, b: Batch) -> torch.Tensor:
-        R = b.response_ids.shape[1]
-        # logits at column c predict token c+1: response token j (column P+j) comes from column P+j-1. Only the
-        # last R+1 columns go through the (vocabulary-wide) lm_head: prompts cost no logits memory.
-        out = model(
-            input_ids=b.input_ids.to(self.device),
-            attention_mask=b.attention_mask.to(self.device),
-            position_ids=b.position_ids.to(self.device),
-            use_cache=False,
-            logits_to_keep=R + 1,
-        )
-        return out.logits[:, :R].float()
+        if self.cfg.shared_prefix and b.shares_prompt():
+            return shared_prefix_logits(model, b, self.device)
+        return response_logits(model, b, self.device)
 
     @torch.no_grad()
     def _logprobs(self, model: torch.nn.Module, b: Batch, own: torch.Tensor | None = None) -> torch.Tensor:
@@ -234,7 +287,7 @@ class Learner:
         shard), a sum over the ranks fills in the rest (every row is some rank's)."""
         own = b.shard(self.rank, self.world_size) if own is None else own
         out = torch.zeros(b.response_ids.shape, dtype=torch.float32, device=self.device)
-        for idx in b.micro_batches(self.micro, own):
+        for idx in b.micro_batches(self.micro, own, self._group):
             mb = b.rows(idx)
             lp = algos.token_logprobs(self._response_logits(model, mb), mb.response_ids.to(self.device))
             out[idx.to(self.device), : lp.shape[1]] = lp
@@ -280,6 +333,7 @@ class Learner:
     def _train_step(self, trajs: list[Trajectory]) -> dict[str, float]:
         cfg = self.cfg
         n = trajs[0].group_size
+        self._group = n if cfg.shared_prefix else 0  # micro-batches keep a prompt's rows together
         if len(trajs) % self.world_size:
             raise StepFailed(f"{len(trajs)} rows do not split over {self.world_size} ranks", applied=False)
         b = collate(trajs, self.pad_id)
@@ -302,7 +356,7 @@ class Learner:
         total_tokens = max(mask.sum().item(), 1.0)  # of the whole batch: the loss is one token-mean over it
         sums: dict[str, float] = {"logprob_mismatch": 0.0}
         # one PPO epoch over the batch (R1-Searcher / ReSearch)
-        parts = b.micro_batches(self.micro, own)
+        parts = b.micro_batches(self.micro, own, self._group)
         for k, idx in enumerate(parts):
             mb = b.rows(idx)
             r = mb.response_ids.shape[1]
