@@ -25,7 +25,7 @@ tasks in flight; WorkerBroken after BROKEN_AFTER tasks failed alone in a row. Wh
   address in Redis and the trainer drives `push_start` (gate closed once the segments in flight finish) /
   `push_update` / `push_finish` (adopt the version and sha256, gate open) over gRPC. A newer announced version is
   awaited from the push for PUSH_WAIT_S and pulled after that. A push that fails or never finishes (no finish
-  within PUSH_WAIT_S) leaves the engine's weights unknown: the gate stays closed until the announced version,
+  within `rollout.weights_pull_timeout_s`) leaves the engine's weights unknown: the gate stays closed until the announced version,
   even the number held, has been pulled and reloaded;
 - `step()` (tests, tools) takes one intake of up to `tasks_per_batch` tasks, runs them concurrently to their end
   and returns how many were written; it raises a task's transient error after the others were committed.
@@ -79,6 +79,7 @@ class AsyncRolloutWorker(RolloutWorker):
         self._admit_after = 0.0  # monotonic time before which no task is taken (backoff)
         self.pushed = self.cfg.trainer.weight_sync != "grpc"
         self.push_wait_s = min(PUSH_WAIT_S, self.cfg.rollout.weights_pull_timeout_s)
+        self.push_timeout_s = self.cfg.rollout.weights_pull_timeout_s  # start to finish of one push
         self.receiver_address = ""  # set by register_receiver once the control server listens
         self._push_watchdog: asyncio.TimerHandle | None = None
         self._push_t0 = 0.0
@@ -124,7 +125,8 @@ class AsyncRolloutWorker(RolloutWorker):
 
     async def push_start(self) -> None:
         """Close the gate (segments in flight finish first) and open an update; one sync at a time. If no
-        finish follows within `push_wait_s`, the push counts as failed (`_push_failed`)."""
+        finish follows within `push_timeout_s` (`rollout.weights_pull_timeout_s`), the push counts as failed
+        (`_push_failed`)."""
         await self._sync_lock.acquire()
         try:
             await self._gate.pause()
@@ -135,7 +137,7 @@ class AsyncRolloutWorker(RolloutWorker):
             raise
         self._push_t0 = time.perf_counter()
         self._push_watchdog = asyncio.get_running_loop().call_later(
-            self.push_wait_s, lambda: asyncio.ensure_future(self._push_failed("no finish"))
+            self.push_timeout_s, lambda: asyncio.ensure_future(self._push_failed("no finish"))
         )
 
     async def push_update(self, update_info: dict[str, Any]) -> None:

@@ -496,7 +496,7 @@ class PushFakeEngine(AsyncFakeEngine):
 def _pushing_worker(make_worker) -> AsyncRolloutWorker:  # noqa: ANN001
     w = make_worker(poll_interval_s=0.05)
     w.engine = PushFakeEngine()
-    w.pushed, w.push_wait_s = True, 1.0
+    w.pushed, w.push_wait_s, w.push_timeout_s = True, 1.0, 1.0
     w.register_receiver("127.0.0.1:1")
     return w
 
@@ -530,16 +530,14 @@ def test_a_failed_push_reloads_the_held_version_before_anything_generates(
     make_worker, redis_client, trainer, failure
 ):
     """The worker holds v5; the push of v6 (not announced yet) fails: the trainer dies mid-broadcast (update
-    raises) or after start (no finish within push_wait_s). The engine's weights are then unknown, so the worker
+    raises) or after start (no finish within push_timeout_s). The engine's weights are then unknown, so the worker
     reloads the announced version, the very number it held, and only then generates again."""
     store, _ = trainer
     r = redis_client
     pub = store.publish(5, b"weights-v5")
     r.set(policy_version_key("searchrl"), 5)
     w = _pushing_worker(make_worker)
-    w.push_wait_s = 30.0
-    w.step(block_ms=10)  # a normal pull of v5 at start-up
-    w.push_wait_s = 1.0
+    w.step(block_ms=10)  # a normal pull of v5 at start-up (nothing pushed it within push_wait_s)
     assert w.engine.loaded == [b"weights-v5"]
     t = _run_in_thread(w)
     try:
