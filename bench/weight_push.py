@@ -14,13 +14,11 @@ Prints the best times and the median over the pairs of pull time / push time. Us
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import multiprocessing as mp
 import shutil
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -29,10 +27,11 @@ from safetensors.torch import load_file
 
 from searchrl.config import RolloutConfig, SecurityConfig
 from searchrl.grpcutil import Server, channel, retrying
+from searchrl.loopthread import LoopThread
 from searchrl.models import resolve_model
 from searchrl.proto import trainer_pb2_grpc
 from searchrl.redisio import free_port
-from searchrl.weight_transfer import GLOO, StateSource, trainer_engine
+from searchrl.weight_transfer import GLOO, LocalWeightSyncClient, StateSource, trainer_engine
 from searchrl.weightsync import WeightStore, pull_weights, serialize_state_dict
 from searchrl_rollout.async_engine import AsyncVllmEngine
 from searchrl_trainer.server import TrainerServicer
@@ -49,34 +48,6 @@ def serve(path: str, port: int, stop: mp.Event) -> None:
     server.stop(0)
 
 
-class Loop:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
-
-    def run(self, coro):  # noqa: ANN001, ANN201
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(900)
-
-
-class Client:
-    """vLLM's weight-sync client over the in-process engine (the worker's gRPC control plane does this)."""
-
-    def __init__(self, loop: Loop, engine: AsyncVllmEngine) -> None:
-        self.loop, self.engine = loop, engine
-
-    def init_weight_transfer_engine(self, info: dict) -> None:
-        self.loop.run(self.engine.init_transfer(info))
-
-    def start_weight_update(self) -> None:
-        self.loop.run(self.engine.start_update())
-
-    def update_weights(self, info: dict) -> None:
-        self.loop.run(self.engine.update(info))
-
-    def finish_weight_update(self, weight_version: str | None = None) -> None:
-        self.loop.run(self.engine.finish_update())
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="builtin:smollm2-135m-instruct")
@@ -87,7 +58,7 @@ def main() -> None:
     path = resolve_model(args.model)
     state = {k: v.float() for k, v in load_file(f"{path}/model.safetensors").items()}
     mb = sum(v.numel() * v.element_size() for v in state.values()) / 1e6
-    loop = Loop()
+    loop = LoopThread()
 
     async def start() -> AsyncVllmEngine:
         return AsyncVllmEngine.from_config(path, RolloutConfig(max_model_len=1024), 0, weight_transfer=GLOO)
@@ -102,7 +73,13 @@ def main() -> None:
         stub = trainer_pb2_grpc.TrainerStub(channel(f"127.0.0.1:{port}", SecurityConfig()))
         retrying(lambda: pull_weights(stub, 1, tmp / "warm"), attempts=20, delay=0.5)
         sender = trainer_engine(
-            GLOO, Client(loop, engine), StateSource(state), "127.0.0.1", free_port(), 2, args.bucket_mib << 20
+            GLOO,
+            LocalWeightSyncClient(loop.run, engine),
+            StateSource(state),
+            "127.0.0.1",
+            free_port(),
+            2,
+            args.bucket_mib << 20,
         )
 
         def push() -> float:

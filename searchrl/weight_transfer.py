@@ -23,7 +23,7 @@ Contract:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -166,6 +166,27 @@ class StateSource(WeightSource):
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         yield from self.state.items()
+
+
+class LocalWeightSyncClient:
+    """vLLM's `VLLMWeightSyncClient` over an engine in this process (an `AsyncVllmEngine`), its coroutines run by
+    `run` (e.g. `LoopThread(...).run`): a trainer and an engine side by side (tests, benchmarks). Across processes
+    the rollout worker's gRPC control plane plays this part (services/trainer/push.py)."""
+
+    def __init__(self, run: Callable[[Coroutine[Any, Any, Any]], Any], engine: Any) -> None:
+        self.run, self.engine = run, engine
+
+    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
+        self.run(self.engine.init_transfer(init_info))
+
+    def start_weight_update(self) -> None:
+        self.run(self.engine.start_update())
+
+    def update_weights(self, update_info: dict[str, Any]) -> None:
+        self.run(self.engine.update(update_info))
+
+    def finish_weight_update(self, weight_version: str | None = None) -> None:
+        self.run(self.engine.finish_update())
 
 
 def push_backend(weight_sync: str) -> str | None:

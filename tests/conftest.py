@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from searchrl.config import Config, load_config
+from searchrl.loopthread import LoopThread  # noqa: F401 - the tests' name for it
 from searchrl.redisio import EmbeddedRedis, connect
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,14 +64,3 @@ def retriever_and_reward(tmp_path_factory):
     yield cfg
     ret.stop(0)
     rew.stop(0)
-
-
-class LoopThread:
-    """An asyncio event loop on a daemon thread; `run(coro)` waits for the coroutine's result."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
-
-    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 600) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)

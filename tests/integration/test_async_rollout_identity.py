@@ -5,11 +5,7 @@ protocol; ~4 min on 2 CPU cores)."""
 
 from __future__ import annotations
 
-import asyncio
 import gc
-import threading
-from collections.abc import Coroutine
-from typing import Any
 
 import pytest
 from transformers import AutoTokenizer
@@ -25,23 +21,12 @@ from searchrl_rollout.engine import VllmEngine
 from searchrl_rollout.search_loop import LoopLimits, Sample, build_prompt_ids, run_search_loop
 from searchrl_rollout.server import grpc_search
 from searchrl_trainer.data import load_qa
-from tests.conftest import ROOT
+from tests.conftest import ROOT, LoopThread
 
 pytestmark = pytest.mark.slow  # heavy (several engines or ranks): `make test-slow` (CI runs it)
 
 RC = RolloutConfig(max_model_len=2048)
 QUESTIONS = [it.question for it in load_qa(str(ROOT / "data/tiny/train.jsonl"))[:6]]
-
-
-def _run_on_new_loop():  # noqa: ANN202
-    """A daemon thread running one event loop; returns (loop, run) where run(coro) waits for its result."""
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-
-    def run(coro: Coroutine[Any, Any, Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(900)
-
-    return loop, run
 
 
 MODELS = {
@@ -54,7 +39,8 @@ MODELS = {
 @pytest.fixture(scope="module", params=[R1_SEARCHER, RESEARCH, SEARCH_R1], ids=lambda p: p.name)
 def engines(request):
     path = resolve_model(MODELS[request.param.name])
-    loop, run = _run_on_new_loop()
+    loop = LoopThread()
+    run = loop.run
 
     async def start() -> AsyncVllmEngine:
         return AsyncVllmEngine.from_config(path, RC, seed=0)
@@ -65,7 +51,7 @@ def engines(request):
     async_engine.shutdown()
     del offline  # the offline engine core stops when collected: the next protocol's engines get its memory
     gc.collect()
-    loop.call_soon_threadsafe(loop.stop)
+    loop.stop()
 
 
 def test_async_and_batch_loops_give_the_same_tokens_at_temperature_0(engines, retriever_and_reward):

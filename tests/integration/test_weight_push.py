@@ -16,7 +16,7 @@ from searchrl.config import RolloutConfig
 from searchrl.models import resolve_model
 from searchrl.protocol import R1_SEARCHER
 from searchrl.redisio import free_port
-from searchrl.weight_transfer import GLOO, StateSource, trainer_engine
+from searchrl.weight_transfer import GLOO, LocalWeightSyncClient, StateSource, trainer_engine
 from searchrl_rollout.async_engine import AsyncVllmEngine
 from searchrl_rollout.engine import GenParams
 from searchrl_rollout.search_loop import build_prompt_ids
@@ -25,26 +25,6 @@ from tests.conftest import ROOT, LoopThread
 
 RC = RolloutConfig(max_model_len=1024)
 GREEDY = GenParams(32, 0.0, 1.0, R1_SEARCHER.stop)
-
-
-class EngineClient:
-    """vLLM's `VLLMWeightSyncClient` over an in-process engine on its loop thread (the rollout worker's gRPC
-    control plane does the same across processes)."""
-
-    def __init__(self, loop: LoopThread, engine: AsyncVllmEngine) -> None:
-        self.loop, self.engine = loop, engine
-
-    def init_weight_transfer_engine(self, init_info: dict) -> None:
-        self.loop.run(self.engine.init_transfer(init_info))
-
-    def start_weight_update(self) -> None:
-        self.loop.run(self.engine.start_update())
-
-    def update_weights(self, update_info: dict) -> None:
-        self.loop.run(self.engine.update(update_info))
-
-    def finish_weight_update(self, weight_version: str | None = None) -> None:
-        self.loop.run(self.engine.finish_update())
 
 
 @pytest.fixture(scope="module", params=[GLOO, pytest.param("nccl", marks=pytest.mark.gpu)])
@@ -85,7 +65,7 @@ def test_pushed_weights_are_the_ones_generating(setup, tmp_path):
     }
 
     source = StateSource(noisy)
-    client = EngineClient(loop, engine)
+    client = LocalWeightSyncClient(loop.run, engine)
     port = free_port()
     # buckets far smaller than the model: many collectives, tensors split over bucket boundaries never
     sender = trainer_engine(backend, client, source, "127.0.0.1", port, world_size=2, bucket_bytes=1 << 20)
