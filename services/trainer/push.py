@@ -18,6 +18,7 @@ Contract:
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ PROBE_TIMEOUT_S = 5.0
 
 
 @dataclass
-class Published:
+class Snapshot:
     version: int
     sha256: str
     state: dict[str, Any]
@@ -53,8 +54,6 @@ class GrpcWeightSyncClient:
         self.published: tuple[int, str] = (0, "")
 
     def _payload(self, info: Any) -> rollout_pb2.WeightTransferPayload:
-        import json
-
         return rollout_pb2.WeightTransferPayload(json=json.dumps(info))
 
     def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
@@ -91,7 +90,7 @@ class WeightPusher:
         self.host = host_or_default(cfg.trainer.push_host)
         self.device = "cuda" if backend == "nccl" else "cpu"
         self.receivers: dict[str, Receiver] = {}
-        self._newest: Published | None = None
+        self._newest: Snapshot | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.pushes = 0  # rounds that reached a worker (tests, metrics)
@@ -99,7 +98,7 @@ class WeightPusher:
         self._thread.start()
 
     def submit(self, version: int, sha256: str, state: dict[str, Any]) -> None:
-        self._newest = Published(version, sha256, {k: v.to(self.device) for k, v in state.items()})
+        self._newest = Snapshot(version, sha256, {k: v.to(self.device) for k, v in state.items()})
         self._wake.set()
 
     def close(self) -> None:
@@ -141,7 +140,7 @@ class WeightPusher:
             except Exception as e:  # noqa: BLE001 - one worker's failure must not stop the others
                 self._failed(address, e)
 
-    def _push(self, address: str, pub: Published) -> None:
+    def _push(self, address: str, pub: Snapshot) -> None:
         rec = self.receivers.get(address)
         if rec is None:
             stub = rollout_pb2_grpc.RolloutStub(channel(address, self.cfg.security))
