@@ -93,7 +93,6 @@ class WeightPusher:
         self._newest: Snapshot | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self.pushes = 0  # rounds that reached a worker (tests, metrics)
         self._thread = threading.Thread(target=self._run, name="weight-push", daemon=True)
         self._thread.start()
 
@@ -163,7 +162,6 @@ class WeightPusher:
         rec.engine.source = source
         rec.engine.send_weights()
         rec.version = pub.version
-        self.pushes += 1
         log.info("pushed v%d to %s", pub.version, address)
 
     def _failed(self, address: str, e: Exception) -> None:
