@@ -46,9 +46,8 @@ GLOO = "searchrl-gloo"
 BACKENDS = ("nccl", GLOO)
 
 
-GROUP_TIMEOUT = timedelta(
-    minutes=5
-)  # rendezvous and each collective: a vanished peer fails the push, not hangs it
+# rendezvous and each collective: a vanished peer fails the push instead of hanging it
+GROUP_TIMEOUT = timedelta(minutes=5)
 
 
 def _gloo_group(host: str, port: int, rank: int, world_size: int) -> Any:
@@ -217,11 +216,11 @@ def trainer_engine(
     bucket_bytes: int,
 ) -> NCCLTrainerWeightTransferEngine:
     """Trainer rank 0's engine for one inference engine group (see the module docstring)."""
-    register()
-    kind = GlooTrainerInitInfo if backend == GLOO else NCCLTrainerInitInfo
     if backend not in BACKENDS:
         raise ValueError(
             f"trainer.weight_sync: unknown push backend {backend!r} (one of {', '.join(BACKENDS)})"
         )
+    register()
+    kind = GlooTrainerInitInfo if backend == GLOO else NCCLTrainerInitInfo
     info = kind(master_address, master_port, world_size, packed_buffer_size_bytes=bucket_bytes, rank=0)
     return WeightTransferTrainerFactory.trainer_init(info, client=client, source=source)
