@@ -27,9 +27,8 @@ from searchrl_reward.scorer import ScoreInput
 from searchrl_rollout.async_worker import AsyncRolloutWorker
 from searchrl_rollout.worker import RolloutWorker, make_puller
 
-PUSH_RPC_TIMEOUT_S = (
-    900.0  # a round's broadcasts of a large model on a slow link; the group has its own timeout
-)
+# a round's broadcasts of a large model on a slow link; the group has its own timeout
+PUSH_RPC_TIMEOUT_S = 900.0
 
 log = logging.getLogger(__name__)
 
