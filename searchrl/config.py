@@ -425,6 +425,12 @@ class RolloutConfig(_Section):
         description="Pushed weight sync: the host the trainer reaches this worker's control port on; "
         "'' = $POD_IP, else 127.0.0.1.",
     )
+    stop_grace_s: float = Field(
+        30.0,
+        gt=0.0,
+        description="engine async: how long a stopping worker lets the samples in flight finish; tasks still "
+        "running then are cancelled and stay pending for another worker (or this one after a restart).",
+    )
     weights_pull_timeout_s: float = Field(
         600.0,
         gt=0.0,

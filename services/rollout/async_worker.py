@@ -300,14 +300,24 @@ class AsyncRolloutWorker(RolloutWorker):
         return asyncio.create_task(self._sync_async(0))
 
     async def _serve_async(self) -> None:
-        """Admit, sync and collect until `stop()`; then let the tasks in flight finish. WorkerBroken cancels
-        them (they stay pending) and propagates."""
+        """Admit, sync and collect until `stop()`; then let the tasks in flight finish, for at most
+        `rollout.stop_grace_s` (a gate that never reopens would otherwise hold the stop forever). WorkerBroken,
+        or the grace running out, cancels them: they stay pending for a retry."""
         poll = self.cfg.rollout.poll_interval_s
         running: dict[asyncio.Task, Held] = {}
         syncing: asyncio.Task | None = None
         failures = 0
+        stop_by: float | None = None
         try:
             while running or not self._stop.is_set():
+                if self._stop.is_set():
+                    stop_by = stop_by or time.monotonic() + self.cfg.rollout.stop_grace_s
+                    if time.monotonic() >= stop_by:
+                        log.warning(
+                            "stopping: %d task(s) still running after rollout.stop_grace_s; they stay pending",
+                            len(running),
+                        )
+                        break
                 syncing = self._start_sync(syncing)
                 await self._admit(running)
                 if not running:

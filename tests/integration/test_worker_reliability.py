@@ -560,6 +560,34 @@ def test_a_failed_push_reloads_the_held_version_before_anything_generates(
 
 
 @pytest.mark.parametrize("make_worker", ["async"], indirect=True)
+def test_stopping_a_worker_whose_gate_stays_closed_leaves_its_task_pending(make_worker, redis_client):
+    """A push fails and no version can be pulled (the trainer is gone), so the gate stays closed and a sample
+    admitted meanwhile can never generate. `stop()` must still end the loop after rollout.stop_grace_s, and the
+    task stays pending for another worker: nothing written, nothing acknowledged."""
+    r = redis_client
+    w = _pushing_worker(make_worker)
+    w.cfg.rollout.stop_grace_s = 0.5
+    w.engine.fail_update = True
+
+    def trainer_gone(min_version: int, directory: str, timeout_s: float):  # noqa: ANN202
+        time.sleep(0.2)
+        raise ConnectionError("trainer unreachable")
+
+    w.pull = trainer_gone
+    t = _run_in_thread(w)
+    w.on_loop(w.push_start(), 60)
+    with pytest.raises(RuntimeError, match="closed by peer"):
+        w.on_loop(w.push_update({}), 60)
+    push(r, "stuck", group_size=1)
+    _wait(lambda: r.xpending("prompts", "rollout")["pending"] == 1, t)
+    w.stop()
+    t.join(30)
+    assert not t.is_alive()
+    assert "stuck" not in trajectories(r) and r.xpending("prompts", "rollout")["pending"] == 1
+    assert not [c for c in w.engine.calls if c[0] == "generate"]
+
+
+@pytest.mark.parametrize("make_worker", ["async"], indirect=True)
 def test_a_version_no_push_brings_is_pulled_after_the_push_wait(make_worker, redis_client, trainer):
     store, _ = trainer
     r = redis_client
