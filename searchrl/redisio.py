@@ -147,15 +147,37 @@ def read_group(
     return out
 
 
-def own_pending(r: redis.Redis, stream: str, group: str, consumer: str, count: int) -> list[Entry]:
-    """Entries delivered to this consumer but not acked (after a restart under the same name)."""
-    resp = r.xreadgroup(group, consumer, {stream: "0"}, count=count)
+def _read_own_pending(
+    r: redis.Redis, stream: str, group: str, consumer: str, count: int | None, page: int
+) -> list[Entry]:
+    """Up to `count` (None: all) live entries pending at `consumer`, oldest first. Entries deleted from the
+    stream meanwhile (XDEL, trimming) come back without fields: they are acked, so they leave the pending list
+    instead of hiding the live entries behind them for ever."""
     out: list[Entry] = []
-    for _name, entries in resp or []:
+    last = "0"
+    while count is None or len(out) < count:
+        want = page if count is None else min(page, count - len(out))
+        resp = r.xreadgroup(group, consumer, {stream: last}, count=want)
+        entries = resp[0][1] if resp else []
+        if not entries:
+            break
+        gone = []
         for eid, fields in entries:
-            if fields:  # deleted entries come back with no fields
-                out.append((eid.decode() if isinstance(eid, bytes) else eid, fields))
+            eid = eid.decode() if isinstance(eid, bytes) else eid
+            last = eid
+            if fields:
+                out.append((eid, fields))
+            else:
+                gone.append(eid)
+        if gone:
+            r.xack(stream, group, *gone)
     return out
+
+
+def own_pending(r: redis.Redis, stream: str, group: str, consumer: str, count: int) -> list[Entry]:
+    """Up to `count` entries delivered to this consumer but not acked (after a restart under the same name);
+    deleted ones are acked away (`_read_own_pending`)."""
+    return _read_own_pending(r, stream, group, consumer, count, page=count)
 
 
 def take_over_pending(
@@ -176,23 +198,7 @@ def take_over_pending(
             r.xclaim(stream, group, consumer, 0, [row["message_id"] for row in rows], justid=True)
             if len(rows) < page:
                 break
-    out: list[Entry] = []
-    last = "0"
-    while True:
-        resp = r.xreadgroup(group, consumer, {stream: last}, count=page)
-        entries = resp[0][1] if resp else []
-        if not entries:
-            return out
-        gone = []
-        for eid, fields in entries:
-            eid = eid.decode() if isinstance(eid, bytes) else eid
-            if fields:
-                out.append((eid, fields))
-            else:
-                gone.append(eid)
-            last = eid
-        if gone:
-            r.xack(stream, group, *gone)
+    return _read_own_pending(r, stream, group, consumer, None, page)
 
 
 class Reclaimer:
