@@ -52,7 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="builtin:smollm2-135m-instruct")
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--bucket-mib", type=int, default=256)
+    ap.add_argument("--bucket-mib", type=int, default=32, help="the gloo backend's default")
     ap.add_argument("--out")
     args = ap.parse_args()
     path = resolve_model(args.model)

@@ -193,6 +193,16 @@ def push_backend(weight_sync: str) -> str | None:
     return {"nccl": "nccl", "gloo": GLOO}.get(weight_sync)
 
 
+# The bucket size a backend pushes with when `trainer.weight_bucket_bytes` is null. gloo on CPU: 32 MiB was the
+# fastest of 8 / 32 / 64 / 256 MiB (bench/weight_push.py); nccl: vLLM's packed broadcasts, sized for GPUs.
+DEFAULT_BUCKET_BYTES = {"nccl": 256 << 20, GLOO: 32 << 20}
+
+
+def bucket_bytes(backend: str, configured: int | None) -> int:
+    """`trainer.weight_bucket_bytes` when set, else the backend's default."""
+    return configured if configured is not None else DEFAULT_BUCKET_BYTES[backend]
+
+
 def host_or_default(configured: str) -> str:
     """A host other processes reach this one on: `configured`, else $POD_IP (Helm sets it), else 127.0.0.1."""
     return configured or os.environ.get("POD_IP", "") or "127.0.0.1"

@@ -31,7 +31,7 @@ from searchrl import redisio
 from searchrl.config import Config
 from searchrl.grpcutil import channel
 from searchrl.proto import rollout_pb2, rollout_pb2_grpc
-from searchrl.weight_transfer import StateSource, host_or_default, push_backend, trainer_engine
+from searchrl.weight_transfer import StateSource, bucket_bytes, host_or_default, push_backend, trainer_engine
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class WeightPusher:
                 self.host,
                 redisio.free_port(),
                 world_size=2,
-                bucket_bytes=self.cfg.trainer.weight_bucket_bytes,
+                bucket_bytes=bucket_bytes(self.backend, self.cfg.trainer.weight_bucket_bytes),
             )
             log.info("weight transfer group with %s is up (%s)", address, self.backend)
         rec.engine.source = source

@@ -77,3 +77,14 @@ def test_nccl_weight_sync_without_gpus_is_a_clear_error(tiny_config) -> None:
     tiny_config.trainer.weight_sync = "nccl"
     with pytest.raises(ConfigError, match=r"trainer\.weight_sync: 'nccl' needs 1 CUDA GPU"):
         launch(tiny_config, "unused: refused before any model is loaded")
+
+
+def test_push_bucket_size_defaults_per_backend_and_the_configured_size_wins(tiny_config) -> None:
+    """gloo pushes in 32 MiB buckets unless told otherwise (256 MiB made it no faster than the pull on CPU),
+    nccl in 256 MiB; `trainer.weight_bucket_bytes` overrides both."""
+    from searchrl.weight_transfer import bucket_bytes, push_backend
+
+    assert tiny_config.trainer.weight_bucket_bytes is None
+    assert bucket_bytes(push_backend("gloo"), None) == 32 << 20
+    assert bucket_bytes(push_backend("nccl"), None) == 256 << 20
+    assert bucket_bytes(push_backend("gloo"), 8 << 20) == 8 << 20
