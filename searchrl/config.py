@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from searchrl.affinity import parse_cpu_list
 from searchrl.protocol import Budgets, get_protocol
 
 _URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s/]+@", re.IGNORECASE)
@@ -52,12 +53,33 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class CpuAffinityConfig(_Section):
+    """Cores each service process may run on (Linux cpu lists: "1", "0-3", "0,2"); '' = not pinned. On a CPU box,
+    giving the learner cores of its own keeps generation, retrieval and reward (which run beside it when
+    `trainer.max_staleness` > 0) from slowing its steps. vLLM's engine processes inherit the rollout service's."""
+
+    retriever: str | int = ""
+    reward: str | int = ""
+    rollout: str | int = ""
+    trainer: str | int = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> CpuAffinityConfig:
+        for name in ("retriever", "reward", "rollout", "trainer"):
+            try:
+                parse_cpu_list(str(getattr(self, name)))
+            except ValueError as e:
+                raise ValueError(f"cpu_affinity.{name}: {e}") from None
+        return self
+
+
 class RunConfig(_Section):
     run_dir: str = Field(
         "runs", description="Run directory (`searchrl up` makes a fresh <run_dir>/<config>-<time>)."
     )
     seed: int = Field(0, description="Global seed (data order, sampling seeds, tiny-model init).")
     log_level: str = "INFO"
+    cpu_affinity: CpuAffinityConfig = Field(default_factory=CpuAffinityConfig)
 
 
 class AddressesConfig(_Section):

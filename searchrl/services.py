@@ -10,6 +10,7 @@ import logging
 import signal
 import threading
 
+from searchrl.affinity import parse_cpu_list, pin
 from searchrl.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,19 @@ def _on_signal(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def _pin(name: str, cfg: Config) -> None:
+    cpus = parse_cpu_list(str(getattr(cfg.run.cpu_affinity, name, "")))
+    if not cpus:
+        return
+    try:
+        pin(cpus)
+    except ValueError as e:
+        raise ConfigError(f"{cfg.source}: run.cpu_affinity.{name}: {e}") from None
+    log.info("%s pinned to cpus %s", name, sorted(cpus))
+
+
 def serve(name: str, cfg: Config) -> int:
+    _pin(name, cfg)
     stop = threading.Event()
     _on_signal(stop)
     if name == "retriever":
