@@ -36,7 +36,7 @@ _CPUS = sorted(os.sched_getaffinity(0))
 # The learner alone on the last core; vLLM, retrieval and reward share the others (run.cpu_affinity).
 # vLLM's 'auto' binding would reserve one of the rollout's cores for its scheduler: name its cores instead.
 _REST = ",".join(map(str, _CPUS[:-1]))
-PINNED = [f"run.cpu_affinity.trainer={_CPUS[-1]}", f"rollout.cpu_threads_bind={_REST}"] + [
+PINNED = [f"run.cpu_affinity.trainer={_CPUS[-1]}", f"rollout.cpu_threads_bind='{_REST}'"] + [
     f"run.cpu_affinity.{s}={_REST}" for s in ("rollout", "retriever", "reward")
 ]
 MODES = {
