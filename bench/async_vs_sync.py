@@ -35,7 +35,7 @@ from searchrl.models import resolve_model
 ASYNC = ["trainer.max_staleness=2", "trainer.decoupled_ppo=true", "trainer.tis_cap=0"]
 _CPUS = sorted(os.sched_getaffinity(0))
 # The learner alone on the last core; vLLM, retrieval and reward share the others (run.cpu_affinity).
-# vLLM's 'auto' binding would reserve one of the rollout's cores for its scheduler: name its cores instead.
+# vLLM's OMP threads bound to every core the rollout has ('auto' keeps one back for its scheduler when it has several).
 _REST = ",".join(map(str, _CPUS[:-1]))
 PINNED = [f"run.cpu_affinity.trainer={_CPUS[-1]}", f"rollout.cpu_threads_bind='{_REST}'"] + [
     f"run.cpu_affinity.{s}={_REST}" for s in ("rollout", "retriever", "reward")
