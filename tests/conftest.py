@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from searchrl.config import Config, load_config
-from searchrl.loopthread import LoopThread  # noqa: F401 - the tests' name for it
 from searchrl.redisio import EmbeddedRedis, connect
 
 ROOT = Path(__file__).resolve().parents[1]

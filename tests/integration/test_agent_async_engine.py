@@ -10,13 +10,14 @@ import pytest
 from transformers import AutoTokenizer
 
 from searchrl.config import RolloutConfig
+from searchrl.loopthread import LoopThread
 from searchrl.models import resolve_model
 from searchrl.protocol import R1_SEARCHER
 from searchrl_rollout.async_engine import AsyncVllmEngine, Delta, join_deltas
 from searchrl_rollout.engine import GenParams, VllmEngine
 from searchrl_rollout.search_loop import build_prompt_ids
 from searchrl_trainer.data import load_qa
-from tests.conftest import ROOT, LoopThread
+from tests.conftest import ROOT
 
 RC = RolloutConfig(max_model_len=1024)
 QUESTIONS = [it.question for it in load_qa(str(ROOT / "data/tiny/train.jsonl"))[:8]]

@@ -12,6 +12,7 @@ from transformers import AutoTokenizer
 
 from searchrl.config import RolloutConfig
 from searchrl.grpcutil import channel
+from searchrl.loopthread import LoopThread
 from searchrl.models import resolve_model
 from searchrl.proto import retriever_pb2_grpc
 from searchrl.protocol import R1_SEARCHER, RESEARCH, SEARCH_R1
@@ -21,7 +22,7 @@ from searchrl_rollout.engine import VllmEngine
 from searchrl_rollout.search_loop import LoopLimits, Sample, build_prompt_ids, run_search_loop
 from searchrl_rollout.server import grpc_search
 from searchrl_trainer.data import load_qa
-from tests.conftest import ROOT, LoopThread
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow  # heavy (several engines or ranks): `make test-slow` (CI runs it)
 

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
 from searchrl.config import RolloutConfig
+from searchrl.loopthread import LoopThread
 from searchrl.models import resolve_model
 from searchrl.protocol import R1_SEARCHER
 from searchrl.redisio import free_port
@@ -21,7 +22,7 @@ from searchrl_rollout.async_engine import AsyncVllmEngine
 from searchrl_rollout.engine import GenParams
 from searchrl_rollout.search_loop import build_prompt_ids
 from searchrl_trainer.data import load_qa
-from tests.conftest import ROOT, LoopThread
+from tests.conftest import ROOT
 
 RC = RolloutConfig(max_model_len=1024)
 GREEDY = GenParams(32, 0.0, 1.0, R1_SEARCHER.stop)
