@@ -32,7 +32,9 @@ from searchrl.redisio import free_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bench_config(batcher_threads: int = 1, torch_threads: int = 0) -> Config:
+def bench_config(
+    batcher_threads: int = 1, torch_threads: int = 0, max_wait_ms: float | None = None
+) -> Config:
     from searchrl.demo import demo_config, prepare_world
 
     cfg = load_config(ROOT / "configs" / "demo-cpu.yaml")
@@ -40,6 +42,8 @@ def bench_config(batcher_threads: int = 1, torch_threads: int = 0) -> Config:
     cfg.retriever.metrics_port = 0
     cfg.retriever.batching.threads = batcher_threads
     cfg.retriever.batching.torch_threads = torch_threads
+    if max_wait_ms is not None:
+        cfg.retriever.batching.max_wait_ms = max_wait_ms
     return cfg
 
 
@@ -201,7 +205,8 @@ def main() -> None:
         "--service",
         nargs="+",
         default=["1:0", "1:1", "2:1"],
-        help="service variants as batching.threads:batching.torch_threads (0 = torch's default)",
+        help="service variants as batching.threads:batching.torch_threads[:batching.max_wait_ms] (torch threads "
+        "0 = torch's default; no max wait = the config's)",
     )
     p.add_argument("--repeats", type=int, default=1, help="measure every point this often, keep the best")
     p.add_argument("--out", default="")
@@ -211,7 +216,8 @@ def main() -> None:
     p.add_argument("--variant", default="1:0")
     a = p.parse_args()
     if a.serve:
-        cfg = bench_config(*(int(x) for x in a.variant.split(":")))
+        threads, torch_threads, *wait = a.variant.split(":")
+        cfg = bench_config(int(threads), int(torch_threads), float(wait[0]) if wait else None)
         serve_baseline(cfg, a.port) if a.serve == "baseline" else serve_service(cfg, a.port, a.http_port)
         return
 
@@ -277,7 +283,7 @@ def table(rows: list[dict], systems: list[str], seconds: float, load_before: str
         f"Commit {commit.stdout.strip()}, {os.cpu_count()} CPUs, {seconds:.0f} s per point, demo-world corpus "
         f"(2535 passages, FAISS Flat), all-MiniLM-L6-v2, k=3; load average before {load_before}, after "
         f"{load_after}. C closed-loop clients send B queries per request. Service variants are "
-        "batching.threads:batching.torch_threads (0 = torch's default); the limit is the best of torch's default "
+        "batching.threads:batching.torch_threads[:batching.max_wait_ms] (0 = torch's default); the limit is the best of torch's default "
         "threads and 1 (threads used in brackets). Ratios are from this one run.",
         "",
         "Queries/s:",

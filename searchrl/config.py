@@ -217,7 +217,8 @@ class BatchingConfig(_Section):
     max_wait_ms: float = Field(
         2.0,
         ge=0,
-        description="Longest a request waits for others to join its batch; 0 = take what is queued.",
+        description="Longest a request waits for others to join its batch; 0 = take what is queued. A batch "
+        "also goes as soon as as many requests are queued as the previous batch held, so a lone caller never waits.",
     )
     threads: int = Field(
         1,

@@ -3,9 +3,11 @@
 Contract:
 - `submit(queries, k)` queues a validated request and returns a Future of its `Results` (one row per query, at
   most k hits each, and the batch's shard errors when a router answered partially). Requests are served first come, first served.
-- A batch closes when the queued requests hold `max_queries` queries or when its oldest request has waited
-  `max_wait_s`, whichever comes first; a request never splits across batches and one larger than `max_queries`
-  is a batch of its own. The batch is searched once with the largest k in it and each request gets its rows
+- A batch closes when the queued requests hold `max_queries` queries, when its oldest request has waited
+  `max_wait_s`, or when as many requests are queued as the previous batch held (closed-loop callers whose answers
+  went out together are all back: waiting longer only adds latency), whichever comes first. So a lone caller never
+  waits, and callers in step are not split over two batches by a short wait. A request never splits across
+  batches and one larger than `max_queries` is a batch of its own. The batch is searched once with the largest k in it and each request gets its rows
   trimmed to its own k (a top-k list is a prefix of the top-k' list for k < k').
 - When a batch of several requests fails, each of its requests is searched again alone, so a request gets exactly
   the answer or the exception it would have got on its own (one bad query fails only its own request).
@@ -49,6 +51,7 @@ class Batcher:
         self.max_wait_s = max_wait_s
         self._queue: deque[_Request] = deque()
         self._queued_queries = 0
+        self._expect = 0  # requests in the last batch taken; 0 before the first
         self._closed = False
         self._cond = threading.Condition()
         self._threads = [
@@ -84,13 +87,14 @@ class Batcher:
                 self._run(live)
 
     def _next_batch(self) -> list[_Request] | None:
-        """Block until a batch is due (full, its oldest request waited max_wait, or closing); None once closed
-        and drained."""
+        """Block until a batch is due (full, its oldest request waited max_wait, the previous batch's count of
+        requests is queued, or closing); None once closed and drained."""
         with self._cond:
             while True:
                 if self._queue:
                     wait = self._queue[0].queued_at + self.max_wait_s - time.monotonic()
-                    if self._queued_queries >= self.max_queries or wait <= 0 or self._closed:
+                    due = self._queued_queries >= self.max_queries or 0 < self._expect <= len(self._queue)
+                    if due or wait <= 0 or self._closed:
                         return self._take()
                     self._cond.wait(wait)
                 elif self._closed:
@@ -105,6 +109,7 @@ class Batcher:
             batch.append(request)
             n += len(request.queries)
         self._queued_queries -= n
+        self._expect = len(batch)
         if self._queue:
             self._cond.notify()  # another loop may take the rest
         return batch

@@ -93,12 +93,30 @@ def test_a_full_batch_leaves_the_rest_for_the_next_one(dense):
     batcher = Batcher(backend, max_queries=2, max_wait_s=60.0)
     try:
         futures = [batcher.submit(q, k) for q, k in REQUESTS]  # 1 + 2 + 1 queries: [1], [2], [1]
-        with pytest.raises(TimeoutError):
-            futures[2].result(timeout=0.5)  # alone and not full: waits for company until max wait
-        batcher.submit(["Dasko"], 1).result(timeout=60)
+        # the last is alone and its batch is not full, but the batch before held one request: it goes at once
+        for f in futures:
+            f.result(timeout=30)
     finally:
         batcher.close()
-    assert [len(q) for q, _ in backend.batches] == [1, 2, 2]
+    assert [len(q) for q, _ in backend.batches] == [1, 2, 1]
+
+
+def test_a_batch_waits_until_the_previous_batchs_callers_are_back(dense):
+    backend = Recording(dense)
+    batcher = Batcher(backend, max_queries=4, max_wait_s=60.0)
+    try:
+        first = [batcher.submit(q, 1) for q in (["Tirabel"], ["Dasko"], ["Ostravel", "Lake Venn city"])]
+        for f in first:  # full: one batch of three requests
+            f.result(timeout=30)
+        lone = batcher.submit(["Saldane Press founder"], 1)
+        with pytest.raises(TimeoutError):
+            lone.result(timeout=0.5)  # one of three callers is back: it waits for company
+        rest = [batcher.submit([q], 1) for q in ("Holm", "Corvath")]
+        for f in [lone, *rest]:  # three requests (3 of 4 queries: not full) are queued again: they go at once
+            f.result(timeout=30)
+    finally:
+        batcher.close()
+    assert [len(q) for q, _ in backend.batches] == [4, 3]
 
 
 def test_a_failing_batch_fails_only_the_requests_that_fail_alone(dense):
