@@ -3,7 +3,7 @@ before and after RL, the gain, and the baselines; `--record DIR` copies the run'
 and results into DIR (bench/results/<name>) so a run can be compared with later ones.
 
 Usage: python bench/demo_learning.py [--config configs/demo-cpu.yaml] [--seed 0] [--steps N] [--minutes M]
-                                     [--eval-questions 100] [--record bench/results/demo-cpu-seed0]
+                                     [--eval-questions 100] [--curve] [--record bench/results/demo-cpu-seed0]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int)
     ap.add_argument("--minutes", type=float)
     ap.add_argument("--eval-questions", type=int, default=100)
+    ap.add_argument("--curve", action="store_true", help="also evaluate the exports made during training")
     ap.add_argument("--run-dir", help="default: a temp dir")
     ap.add_argument("--record", help="copy config, metrics, report, plots and results here")
     args = ap.parse_args()
@@ -36,15 +37,17 @@ def main() -> int:
         cmd += ["--steps", str(args.steps)]
     if args.minutes:
         cmd += ["--minutes", str(args.minutes)]
+    if args.curve:
+        cmd.append("--curve")
     subprocess.run(cmd, check=True)
     res = json.loads((run_dir / "results.json").read_text())
     before, after = res["before"], res["after"]
     print(f"\nseed {args.seed}, {res['curve'][-1][0]} steps, wall {res['wall_s'] / 60:.1f} min")
-    for mode in ("no-retrieval", "naive-rag", "search-agent"):
-        b, a = before[mode]["all"], after[mode]["all"]
-        print(
-            f"{mode:<13} CEM {b['cem']:.3f} -> {a['cem']:.3f}   searches {b['searches']:.2f} -> {a['searches']:.2f}"
-        )
+    for mode, res_b in before.items():
+        b = res_b["all"]
+        a = after[mode]["all"] if mode in after else None
+        got = f"{a['cem']:.3f}" if a else "(untrained only)"
+        print(f"{mode:<13} CEM {b['cem']:.3f} -> {got}   searches {b['searches']:.2f}")
     print(f"held-out CEM gain of the search agent: {100 * res['gain_cem']:+.1f} points")
     if args.record:
         dest = Path(args.record)

@@ -4,7 +4,7 @@
   searchrl serve {retriever,reward,rollout,trainer} -c CONFIG [--set ...]
   searchrl serve agent -c CONFIG [--model DIR] [--port P] [--retriever ADDR]   (docs/serving.md)
   searchrl retriever build-index -c CONFIG [--force]
-  searchrl demo [--protocol P | -c configs/demo-cpu.yaml] [--steps N] [--minutes M]
+  searchrl demo [--protocol P | -c configs/demo-cpu.yaml] [--steps N] [--minutes M] [--curve]
   searchrl eval -c CONFIG (--data FILE | --suite r1searcher) [--model PATH] [--mode M ...] [--limit N]
                 [--judge [--judge-url URL --judge-model NAME]] [--out DIR]       (docs/evaluation.md)
   searchrl grade -c CONFIG --data FILE [--model PATH] [--limit N] [--out DIR]   (R1-Searcher difficulty levels)
@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--steps", type=int, help="training steps (default: the config's trainer.max_steps)")
     p_demo.add_argument("--minutes", type=float, help="training time budget (trainer.max_minutes)")
     p_demo.add_argument("--eval-questions", type=int, default=100, help="held-out questions per evaluation")
+    p_demo.add_argument(
+        "--curve",
+        action="store_true",
+        help="also evaluate the policies exported during training (hf/step_N) for the held-out CEM curve",
+    )
     p_demo.add_argument("--run-dir", help="default: <run.run_dir>/demo-<time>")
 
     p_eval = sub.add_parser(
@@ -208,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             from searchrl.demo import demo
 
             run_dir = args.run_dir or str(Path(cfg.run.run_dir) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
-            return demo(cfg, args.steps, args.minutes, Path(run_dir), args.eval_questions)
+            return demo(cfg, args.steps, args.minutes, Path(run_dir), args.eval_questions, args.curve)
         if args.command == "eval":
             from searchrl.eval_cli import run_eval
 

@@ -6,13 +6,15 @@ the prompt, worked examples, budgets, algorithm and reward preset of that seed, 
 Steps (each cached where it can be): generate the world (seeded) into `<cache>/world-seed<S>`; convert the
 model; build the retriever index; evaluate the untrained model in all three modes on held-out questions; train
 with the config's stages through `searchrl up` (R1-Searcher: stage-1 reward for the first half, then stage-2); evaluate
-the exported policies (`hf/step_N`, `hf/final`); write `report.md`, `results.json` and PNG plots into the run dir.
+the trained policy (`hf/final`) as a search agent, and with `--curve` the exports made during training
+(`hf/step_N`) too; write `report.md`, `results.json` and PNG plots into the run dir.
 Evaluations run as `searchrl eval` subprocesses so each vLLM engine's memory is returned before the next starts.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -39,6 +41,20 @@ def prepare_world(cfg: Config, seed: int, n_test: int) -> dict[str, Path]:
         print(f"generating the world into {d}", flush=True)
         write_world(d, generate_world(seed), seed, n_test)
     return {n: d / f"{n}.jsonl" for n in names}
+
+
+def pin_two_cores(cfg: Config, cpus: set[int]) -> bool:
+    """On a box with exactly two usable cores and no `run.cpu_affinity` set, give the learner the second core and
+    everything else (vLLM, retriever, reward) the first: with `trainer.max_staleness` > 0 the rollout side would
+    otherwise slow every learner step (bench/results/async-vs-sync-pinned-cpu.md). True when it pinned."""
+    aff = cfg.run.cpu_affinity
+    if len(cpus) != 2 or any((aff.trainer, aff.rollout, aff.retriever, aff.reward)):
+        return False
+    first, last = (str(c) for c in sorted(cpus))
+    aff.trainer, aff.rollout, aff.retriever, aff.reward = last, first, first, first
+    if cfg.rollout.cpu_threads_bind in ("", "auto"):
+        cfg.rollout.cpu_threads_bind = first
+    return True
 
 
 def demo_config(
@@ -147,7 +163,7 @@ def report(
         "|---|---|---|---|---|---|---|",
     ]
     for label, res in (("untrained", before), ("after RL", after)):
-        for mode in MODES:
+        for mode in (x for x in MODES if x in res):
             m = res[mode]["all"]
             rows.append(
                 f"| {mode} | {label} | {m['em']:.3f} | {m['cem']:.3f} | {m['f1']:.3f} | "
@@ -201,16 +217,26 @@ def report(
     return text
 
 
-def demo(cfg: Config, steps: int | None, minutes: float | None, run_dir: Path, n_eval: int = 100) -> int:
-    """The whole demo; 1 with the reason (and the log to read) when an evaluation fails."""
+def demo(
+    cfg: Config,
+    steps: int | None,
+    minutes: float | None,
+    run_dir: Path,
+    n_eval: int = 100,
+    curve: bool = False,
+) -> int:
+    """The whole demo; 1 with the reason (and the log to read) when an evaluation fails. `curve` also evaluates
+    the exports made during training (`hf/step_N`, one held-out evaluation each) for the CEM curve."""
     try:
-        return _demo(cfg, steps, minutes, run_dir, n_eval)
+        return _demo(cfg, steps, minutes, run_dir, n_eval, curve)
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
 
 
-def _demo(cfg: Config, steps: int | None, minutes: float | None, run_dir: Path, n_eval: int) -> int:
+def _demo(
+    cfg: Config, steps: int | None, minutes: float | None, run_dir: Path, n_eval: int, curve: bool
+) -> int:
     from searchrl.launcher import up
     from searchrl.models import resolve_model
 
@@ -225,6 +251,11 @@ def _demo(cfg: Config, steps: int | None, minutes: float | None, run_dir: Path, 
     print("preparing the model (converted once, then cached)", flush=True)
     resolve_model(cfg.model.path, cfg.model.cache_dir, seed)
     cfg = demo_config(cfg, world, run_dir, steps, minutes)
+    if pin_two_cores(cfg, os.sched_getaffinity(0)):
+        aff = cfg.run.cpu_affinity
+        print(
+            f"2 cores: the learner runs on core {aff.trainer}, generation, retrieval and reward on core {aff.rollout}"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "demo-config.yaml"
     config_path.write_text(dump_config(cfg))
@@ -240,28 +271,25 @@ def _demo(cfg: Config, steps: int | None, minutes: float | None, run_dir: Path, 
         return rc
     hf = run_dir / "hf"
     final_step = len((run_dir / "metrics.jsonl").read_text().splitlines())
-    after = run_eval(
-        config_path, [str(hf / "final")], world["test"], run_dir / "eval-after", list(MODES), n_eval
-    )
-    after = after["final"]
-    curve = [(0, before["search-agent"]["all"]["cem"])]
     steps_dirs = sorted(
-        (d for d in hf.glob("step_*") if int(d.name.split("_")[1]) != final_step),
+        (d for d in hf.glob("step_*") if curve and int(d.name.split("_")[1]) != final_step),
         key=lambda p: int(p.name.split("_")[1]),
     )
-    if steps_dirs:  # the held-out curve: only the search agent, all checkpoints in one engine
-        mid = run_eval(
-            config_path,
-            [str(d) for d in steps_dirs],
-            world["test"],
-            run_dir / "eval-steps",
-            ["search-agent"],
-            n_eval,
-        )
-        curve += [(int(d.name.split("_")[1]), mid[d.name]["search-agent"]["all"]["cem"]) for d in steps_dirs]
-    curve.append((final_step, after["search-agent"]["all"]["cem"]))
-    plot(run_dir, curve)
+    # the trained policy in the search agent's mode only; with --curve the exports before it in the same engine
+    after = run_eval(
+        config_path,
+        [*map(str, steps_dirs), str(hf / "final")],
+        world["test"],
+        run_dir / "eval-after",
+        ["search-agent"],
+        n_eval,
+    )
+    points = [(0, before["search-agent"]["all"]["cem"])]
+    points += [(int(d.name.split("_")[1]), after[d.name]["search-agent"]["all"]["cem"]) for d in steps_dirs]
+    after = after["final"]
+    points.append((final_step, after["search-agent"]["all"]["cem"]))
+    plot(run_dir, points)
     wall_s = time.monotonic() - t0
-    print(report(run_dir, before, after, curve, wall_s, seed, cfg.rollout.protocol), flush=True)
+    print(report(run_dir, before, after, points, wall_s, seed, cfg.rollout.protocol), flush=True)
     print(f"trained model: {hf / 'final'}\nreport: {run_dir / 'report.md'}", flush=True)
     return 0

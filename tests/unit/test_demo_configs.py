@@ -34,3 +34,19 @@ def test_the_protocol_flag_picks_the_demo_config():
     assert args.protocol == "search-r1" and args.config is None
     assert demo_config_file(None) == demo_config_file("r1searcher") == "configs/demo-cpu.yaml"
     assert demo_config_file("research") == "configs/demo-cpu-research.yaml"
+
+
+def test_the_demo_pins_the_learner_to_its_own_core_only_on_two_cores():
+    from searchrl.demo import pin_two_cores
+
+    cfg = load_config(demo_config_file(None))
+    assert pin_two_cores(cfg, {2, 5})
+    aff = cfg.run.cpu_affinity
+    assert (aff.trainer, aff.rollout, aff.retriever, aff.reward) == ("5", "2", "2", "2")
+    assert cfg.rollout.cpu_threads_bind == "2"  # vLLM's OMP threads on the core it runs on
+    for cpus in ({0}, {0, 1, 2, 3}):  # one core: nothing to split; more: pinning would starve the engine
+        cfg = load_config(demo_config_file(None))
+        assert not pin_two_cores(cfg, cpus) and not cfg.run.cpu_affinity.trainer
+    cfg = load_config(demo_config_file(None))
+    cfg.run.cpu_affinity.trainer = "0"  # the user's own pinning wins
+    assert not pin_two_cores(cfg, {0, 1}) and cfg.run.cpu_affinity.rollout == ""
