@@ -283,8 +283,8 @@ def table(rows: list[dict], systems: list[str], seconds: float, load_before: str
         f"Commit {commit.stdout.strip()}, {os.cpu_count()} CPUs, {seconds:.0f} s per point, demo-world corpus "
         f"(2535 passages, FAISS Flat), all-MiniLM-L6-v2, k=3; load average before {load_before}, after "
         f"{load_after}. C closed-loop clients send B queries per request. Service variants are "
-        "batching.threads:batching.torch_threads[:batching.max_wait_ms] (0 = torch's default); the limit is the best of torch's default "
-        "threads and 1 (threads used in brackets). Ratios are from this one run.",
+        "batching.threads:batching.torch_threads[:batching.max_wait_ms] (0 = torch's default); the limit is the "
+        "best of torch's default threads and 1 (threads used in brackets). Ratios are from this one run.",
         "",
         "Queries/s:",
         "",

@@ -7,8 +7,9 @@ Contract:
   `max_wait_s`, or when as many requests are queued as the previous batch held (closed-loop callers whose answers
   went out together are all back: waiting longer only adds latency), whichever comes first. So a lone caller never
   waits, and callers in step are not split over two batches by a short wait. A request never splits across
-  batches and one larger than `max_queries` is a batch of its own. The batch is searched once with the largest k in it and each request gets its rows
-  trimmed to its own k (a top-k list is a prefix of the top-k' list for k < k').
+  batches and one larger than `max_queries` is a batch of its own. The batch is searched once with the largest k
+  in it and each request gets its rows trimmed to its own k (a top-k list is a prefix of the top-k' list for
+  k < k').
 - When a batch of several requests fails, each of its requests is searched again alone, so a request gets exactly
   the answer or the exception it would have got on its own (one bad query fails only its own request).
 - `threads` batch loops run at once: while one waits in the back end (FAISS and torch release the GIL) the next
