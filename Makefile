@@ -68,7 +68,7 @@ bench-demo: $(STAMP)  ## rerun the demo at seed 0 and print before/after held-ou
 	$(PY) bench/demo_learning.py --seed 0
 
 bench-retriever: $(STAMP)  ## service vs R1-Searcher-style baseline vs the batching limit, 1/8/32 clients (~10 min; quiet box)
-	$(PY) bench/retriever_throughput.py --seconds 10 --out bench/results/retriever-throughput.md
+	$(PY) bench/retriever_throughput.py --seconds 6 --repeats 2 --out bench/results/retriever-throughput.md
 
 clean:  ## remove runs and the setup stamp (keeps .venv; `rm -rf .venv` for a full reinstall)
 	rm -rf runs $(STAMP) .setup.stamp

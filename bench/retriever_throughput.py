@@ -204,9 +204,9 @@ def main() -> None:
     p.add_argument(
         "--service",
         nargs="+",
-        default=["1:0", "1:1", "2:1"],
+        default=["2:0", "1:0"],
         help="service variants as batching.threads:batching.torch_threads[:batching.max_wait_ms] (torch threads "
-        "0 = torch's default; no max wait = the config's)",
+        "0 = the config's rule, cores // threads; no max wait = the config's)",
     )
     p.add_argument("--repeats", type=int, default=1, help="measure every point this often, keep the best")
     p.add_argument("--out", default="")
@@ -283,7 +283,7 @@ def table(rows: list[dict], systems: list[str], seconds: float, load_before: str
         f"Commit {commit.stdout.strip()}, {os.cpu_count()} CPUs, {seconds:.0f} s per point, demo-world corpus "
         f"(2535 passages, FAISS Flat), all-MiniLM-L6-v2, k=3; load average before {load_before}, after "
         f"{load_after}. C closed-loop clients send B queries per request. Service variants are "
-        "batching.threads:batching.torch_threads[:batching.max_wait_ms] (0 = torch's default); the limit is the "
+        "batching.threads:batching.torch_threads[:batching.max_wait_ms] (0 = cores // threads); the limit is the "
         "best of torch's default threads and 1 (threads used in brackets). Ratios are from this one run.",
         "",
         "Queries/s:",

@@ -221,16 +221,18 @@ class BatchingConfig(_Section):
         "also goes as soon as as many requests are queued as the previous batch held, so a lone caller never waits.",
     )
     threads: int = Field(
-        1,
+        2,
         ge=1,
-        description="Batches in flight at once (one thread each). With torch_threads 1 and threads = cores, "
-        "each core encodes its own batch (bench/retriever_throughput.py measures the combinations).",
+        description="Batches in flight at once (one thread each): while one is encoded and searched the next "
+        "forms. On 2 cores, 2 with one torch thread each served 0.76-0.92x the coalescing limit at 8 and 32 "
+        "clients against 0.59-0.79x for 1 with two (bench/results/retriever-throughput.md); a lone caller "
+        "gets less (0.60x against 0.79x).",
     )
     torch_threads: int = Field(
         0,
         ge=0,
-        description="torch intra-op threads of the query encoder (process-wide); 0 = torch's default (one per "
-        "core). On a busy CPU node 1 per batcher thread avoids intra-op threads waiting for each other.",
+        description="torch intra-op threads of the query encoder (process-wide); 0 = the usable cores shared "
+        "among the batcher threads (cores // threads, at least 1).",
     )
 
 

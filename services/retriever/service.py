@@ -8,6 +8,8 @@ before it joins a batch, so a bad one never fails the others.
 
 from __future__ import annotations
 
+import os
+import sys
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from searchrl.config import Config, ConfigError
@@ -98,14 +100,18 @@ def describe_shard_errors(errors: tuple[ShardError, ...]) -> str:
     return line.encode("ascii", "replace").decode()[:1000]
 
 
+def encoder_threads(torch_threads: int, batcher_threads: int) -> int:
+    """The encoder's torch intra-op threads: the configured count, or (0) the usable cores shared among the
+    batcher's threads, at least 1 each."""
+    return torch_threads or max(1, len(os.sched_getaffinity(0)) // batcher_threads)
+
+
 def open_retriever(cfg: Config, progress: bool = False) -> Retriever:
     rc = cfg.retriever
     backend = open_backend(cfg, progress)
     b = rc.batching
-    if b.torch_threads:
-        import torch
-
-        torch.set_num_threads(b.torch_threads)
+    if "torch" in sys.modules:  # a dense back end's encoder (BM25 and web search need no torch)
+        sys.modules["torch"].set_num_threads(encoder_threads(b.torch_threads, b.threads))
     batcher = Batcher(backend, b.max_queries, b.max_wait_ms / 1000, b.threads)
     return Retriever(backend, batcher, rc.max_batch, rc.max_top_k, rc.max_query_chars, open_cache(cfg))
 

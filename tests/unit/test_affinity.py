@@ -68,3 +68,15 @@ def test_cpus_that_do_not_exist_stop_the_service_before_it_starts_naming_the_key
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode != 0
     assert "run.cpu_affinity.reward: cpus [4096] are not available" in out
+
+
+def test_the_retriever_encoder_shares_the_usable_cores_among_its_batcher_threads(monkeypatch):
+    from searchrl_retriever import service
+
+    monkeypatch.setattr(service.os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert service.encoder_threads(0, 2) == 4  # two batches in flight, four cores each
+    assert service.encoder_threads(0, 3) == 2
+    assert service.encoder_threads(0, 16) == 1  # never 0
+    assert service.encoder_threads(3, 2) == 3  # a configured count wins
+    monkeypatch.setattr(service.os, "sched_getaffinity", lambda pid: {5})
+    assert service.encoder_threads(0, 2) == 1
