@@ -3,7 +3,8 @@ before and after RL, the gain, and the baselines; `--record DIR` copies the run'
 and results into DIR (bench/results/<name>) so a run can be compared with later ones.
 
 Usage: python bench/demo_learning.py [--config configs/demo-cpu.yaml] [--seed 0] [--steps N] [--minutes M]
-                                     [--eval-questions 100] [--curve] [--record bench/results/demo-cpu-seed0]
+                                     [--eval-questions 100] [--curve] [--baselines]
+                                     [--record bench/results/demo-cpu-seed0]
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def main() -> int:
     ap.add_argument("--minutes", type=float)
     ap.add_argument("--eval-questions", type=int, default=100)
     ap.add_argument("--curve", action="store_true", help="also evaluate the exports made during training")
+    ap.add_argument(
+        "--baselines", action="store_true", help="also evaluate no-retrieval and naive RAG untrained"
+    )
     ap.add_argument("--run-dir", help="default: a temp dir")
     ap.add_argument("--record", help="copy config, metrics, report, plots and results here")
     args = ap.parse_args()
@@ -39,6 +43,8 @@ def main() -> int:
         cmd += ["--minutes", str(args.minutes)]
     if args.curve:
         cmd.append("--curve")
+    if args.baselines:
+        cmd.append("--baselines")
     subprocess.run(cmd, check=True)
     res = json.loads((run_dir / "results.json").read_text())
     before, after = res["before"], res["after"]

@@ -4,7 +4,7 @@
   searchrl serve {retriever,reward,rollout,trainer} -c CONFIG [--set ...]
   searchrl serve agent -c CONFIG [--model DIR] [--port P] [--retriever ADDR]   (docs/serving.md)
   searchrl retriever build-index -c CONFIG [--force]
-  searchrl demo [--protocol P | -c configs/demo-cpu.yaml] [--steps N] [--minutes M] [--curve]
+  searchrl demo [--protocol P | -c configs/demo-cpu.yaml] [--steps N] [--minutes M] [--curve] [--baselines]
   searchrl eval -c CONFIG (--data FILE | --suite r1searcher) [--model PATH] [--mode M ...] [--limit N]
                 [--judge [--judge-url URL --judge-model NAME]] [--out DIR]       (docs/evaluation.md)
   searchrl grade -c CONFIG --data FILE [--model PATH] [--limit N] [--out DIR]   (R1-Searcher difficulty levels)
@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--curve",
         action="store_true",
         help="also evaluate the policies exported during training (hf/step_N) for the held-out CEM curve",
+    )
+    p_demo.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also evaluate the untrained model without retrieval and with naive RAG (~2 min on 2 cores)",
     )
     p_demo.add_argument("--run-dir", help="default: <run.run_dir>/demo-<time>")
 
@@ -213,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
             from searchrl.demo import demo
 
             run_dir = args.run_dir or str(Path(cfg.run.run_dir) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
-            return demo(cfg, args.steps, args.minutes, Path(run_dir), args.eval_questions, args.curve)
+            return demo(
+                cfg, args.steps, args.minutes, Path(run_dir), args.eval_questions, args.curve, args.baselines
+            )
         if args.command == "eval":
             from searchrl.eval_cli import run_eval
 

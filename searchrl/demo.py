@@ -4,8 +4,8 @@
 the prompt, worked examples, budgets, algorithm and reward preset of that seed, shrunk for 2 cores).
 
 Steps (each cached where it can be): generate the world (seeded) into `<cache>/world-seed<S>`; convert the
-model; build the retriever index; evaluate the untrained model in all three modes on held-out questions; train
-with the config's stages through `searchrl up` (R1-Searcher: stage-1 reward for the first half, then stage-2); evaluate
+model; build the retriever index; evaluate the untrained model on held-out questions as a search agent (with
+`--baselines` also without retrieval and with naive RAG); train with the config's stages through `searchrl up` (R1-Searcher: stage-1 reward for the first half, then stage-2); evaluate
 the trained policy (`hf/final`) as a search agent, and with `--curve` the exports made during training
 (`hf/step_N`) too; write `report.md`, `results.json` and PNG plots into the run dir.
 Evaluations run as `searchrl eval` subprocesses so each vLLM engine's memory is returned before the next starts.
@@ -224,18 +224,26 @@ def demo(
     run_dir: Path,
     n_eval: int = 100,
     curve: bool = False,
+    baselines: bool = False,
 ) -> int:
     """The whole demo; 1 with the reason (and the log to read) when an evaluation fails. `curve` also evaluates
-    the exports made during training (`hf/step_N`, one held-out evaluation each) for the CEM curve."""
+    the exports made during training (`hf/step_N`, one held-out evaluation each) for the CEM curve; `baselines`
+    also evaluates the untrained model without retrieval and with naive RAG (~2 min on 2 cores)."""
     try:
-        return _demo(cfg, steps, minutes, run_dir, n_eval, curve)
+        return _demo(cfg, steps, minutes, run_dir, n_eval, curve, baselines)
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
 
 
 def _demo(
-    cfg: Config, steps: int | None, minutes: float | None, run_dir: Path, n_eval: int, curve: bool
+    cfg: Config,
+    steps: int | None,
+    minutes: float | None,
+    run_dir: Path,
+    n_eval: int,
+    curve: bool,
+    baselines: bool,
 ) -> int:
     from searchrl.launcher import up
     from searchrl.models import resolve_model
@@ -262,7 +270,12 @@ def _demo(
     before = next(
         iter(
             run_eval(
-                config_path, [cfg.model.path], world["test"], run_dir / "eval-before", list(MODES), n_eval
+                config_path,
+                [cfg.model.path],
+                world["test"],
+                run_dir / "eval-before",
+                list(MODES) if baselines else ["search-agent"],
+                n_eval,
             ).values()
         )
     )
@@ -271,10 +284,8 @@ def _demo(
         return rc
     hf = run_dir / "hf"
     final_step = len((run_dir / "metrics.jsonl").read_text().splitlines())
-    steps_dirs = sorted(
-        (d for d in hf.glob("step_*") if curve and int(d.name.split("_")[1]) != final_step),
-        key=lambda p: int(p.name.split("_")[1]),
-    )
+    exports = (d for d in hf.glob("step_*") if int(d.name.split("_")[1]) != final_step)
+    steps_dirs = sorted(exports, key=lambda p: int(p.name.split("_")[1])) if curve else []
     # the trained policy in the search agent's mode only; with --curve the exports before it in the same engine
     after = run_eval(
         config_path,

@@ -1,5 +1,5 @@
 """A short smoke of the demo path with the tiny model: world generation, the untrained model evaluated in three
-modes, two-stage training through `searchrl up`, the trained one as a search agent with the held-out curve
+modes (`--baselines`), two-stage training through `searchrl up`, the trained one as a search agent with the held-out curve
 (`--curve`), report and plots."""
 
 import json
@@ -29,6 +29,7 @@ def test_demo_smoke(tmp_path):
             "--run-dir",
             str(run_dir),
             "--curve",
+            "--baselines",
             "--set",
             "trainer.export_every=1",
             "--set",
