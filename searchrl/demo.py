@@ -7,7 +7,8 @@ Steps (each cached where it can be): generate the world (seeded) into `<cache>/w
 model; build the retriever index; evaluate the untrained model on held-out questions as a search agent (with
 `--baselines` also without retrieval and with naive RAG); train with the config's stages through `searchrl up`
 (R1-Searcher: the stage-1 reward, then stage-2); evaluate the trained policy (`hf/final`) as a search agent, and
-with `--curve` the exports made during training (`hf/step_N`) too; write `report.md`, `results.json` and PNG plots into the run dir.
+with `--curve` the exports made during training (`hf/step_N`) too; write `report.md`, `results.json` and PNG
+plots into the run dir.
 Evaluations run as `searchrl eval` subprocesses so each vLLM engine's memory is returned before the next starts.
 """
 
