@@ -8,7 +8,7 @@ here), each sending requests of B queries, for `--seconds` per point; the server
 Ratios are measured in one run, points interleaved. Writes the table to --out (markdown) and prints it.
 
 Usage: python bench/retriever_throughput.py [--seconds 10] [--clients 1 8 32] [--batch 1 4]
-       [--service 1:0 1:1 2:1] [--repeats 1] [--out bench/results/retriever-throughput.md]
+       [--service 2:0 1:0] [--repeats 1] [--out bench/results/retriever-throughput.md]
 The same file runs the servers: --serve baseline|service --port P (internal).
 """
 
@@ -264,13 +264,15 @@ def main() -> None:
         for proc in procs:
             proc.terminate()
             proc.wait()
-    report = table(rows, list(systems), a.seconds, load_before, load())
+    report = table(rows, list(systems), a.seconds, a.repeats, load_before, load())
     print(report)
     if a.out:
         Path(a.out).write_text(report)
 
 
-def table(rows: list[dict], systems: list[str], seconds: float, load_before: str, load_after: str) -> str:
+def table(
+    rows: list[dict], systems: list[str], seconds: float, repeats: int, load_before: str, load_after: str
+) -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     services = [s for s in systems if s.startswith("service")]
 
@@ -284,7 +286,8 @@ def table(rows: list[dict], systems: list[str], seconds: float, load_before: str
         f"(2535 passages, FAISS Flat), all-MiniLM-L6-v2, k=3; load average before {load_before}, after "
         f"{load_after}. C closed-loop clients send B queries per request. Service variants are "
         "batching.threads:batching.torch_threads[:batching.max_wait_ms] (0 = cores // threads); the limit is the "
-        "best of torch's default threads and 1 (threads used in brackets). Ratios are from this one run.",
+        "best of torch's default threads and 1 (threads used in brackets). Ratios are from this one run"
+        + (f", each point the best of {repeats}." if repeats > 1 else "."),
         "",
         "Queries/s:",
         "",

@@ -237,6 +237,11 @@ def demo(
         return 1
 
 
+def _export_step(export: Path) -> int:
+    """The training step of an export folder (`hf/step_N` -> N)."""
+    return int(export.name.split("_")[1])
+
+
 def _demo(
     cfg: Config,
     steps: int | None,
@@ -285,8 +290,8 @@ def _demo(
         return rc
     hf = run_dir / "hf"
     final_step = len((run_dir / "metrics.jsonl").read_text().splitlines())
-    exports = (d for d in hf.glob("step_*") if int(d.name.split("_")[1]) != final_step)
-    steps_dirs = sorted(exports, key=lambda p: int(p.name.split("_")[1])) if curve else []
+    exports = (d for d in hf.glob("step_*") if _export_step(d) != final_step)
+    steps_dirs = sorted(exports, key=_export_step) if curve else []
     # the trained policy in the search agent's mode only; with --curve the exports before it in the same engine
     after = run_eval(
         config_path,
@@ -297,7 +302,7 @@ def _demo(
         n_eval,
     )
     points = [(0, before["search-agent"]["all"]["cem"])]
-    points += [(int(d.name.split("_")[1]), after[d.name]["search-agent"]["all"]["cem"]) for d in steps_dirs]
+    points += [(_export_step(d), after[d.name]["search-agent"]["all"]["cem"]) for d in steps_dirs]
     after = after["final"]
     points.append((final_step, after["search-agent"]["all"]["cem"]))
     plot(run_dir, points)

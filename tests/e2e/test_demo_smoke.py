@@ -1,6 +1,6 @@
 """A short smoke of the demo path with the tiny model: world generation, the untrained model evaluated in three
-modes (`--baselines`), two-stage training through `searchrl up`, the trained one as a search agent with the held-out curve
-(`--curve`), report and plots."""
+modes (`--baselines`), two-stage training through `searchrl up`, the trained one as a search agent with the
+held-out curve (`--curve`), report and plots."""
 
 import json
 import subprocess
