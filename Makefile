@@ -52,7 +52,7 @@ smoke-compose:  ## real docker-compose run on podman, as root on Debian 12 (depl
 lint: $(STAMP)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
-demo: $(STAMP)  ## the main job on the embedded defaults: SmolLM2-135M learns to search the bundled world (~28 min)
+demo: $(STAMP)  ## the main job on the embedded defaults: SmolLM2-135M learns to search the bundled world (~29 min)
 	$(PY) -m searchrl.cli demo
 
 up: $(STAMP)  ## the whole system as local processes: 3 steps of the tiny config (~3 min)
@@ -64,7 +64,7 @@ bench: $(STAMP)
 	$(PY) bench/weight_sync.py
 	$(PY) bench/learner_step.py
 
-bench-demo: $(STAMP)  ## rerun the demo at seed 0 and print before/after held-out CEM (~28 min)
+bench-demo: $(STAMP)  ## rerun the demo at seed 0 and print before/after held-out CEM (~29 min)
 	$(PY) bench/demo_learning.py --seed 0
 
 bench-retriever: $(STAMP)  ## service vs R1-Searcher-style baseline vs the batching limit, 1/8/32 clients (~10 min; quiet box)
