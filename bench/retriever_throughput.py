@@ -8,7 +8,7 @@ here), each sending requests of B queries, for `--seconds` per point; the server
 Ratios are measured in one run, points interleaved. Writes the table to --out (markdown) and prints it.
 
 Usage: python bench/retriever_throughput.py [--seconds 10] [--clients 1 8 32] [--batch 1 4]
-       [--service 2:0 1:0] [--repeats 1] [--out bench/results/retriever-throughput.md]
+       [--service 2:0 2:0:eager] [--repeats 1] [--out bench/results/retriever-throughput.md]
 The same file runs the servers: --serve baseline|service --port P (internal).
 """
 
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def bench_config(
-    batcher_threads: int = 1, torch_threads: int = 0, max_wait_ms: float | None = None
+    batcher_threads: int = 1, torch_threads: int = 0, max_wait_ms: float | None = None, trace: bool = True
 ) -> Config:
     from searchrl.demo import demo_config, prepare_world
 
@@ -44,7 +44,16 @@ def bench_config(
     cfg.retriever.batching.torch_threads = torch_threads
     if max_wait_ms is not None:
         cfg.retriever.batching.max_wait_ms = max_wait_ms
+    cfg.retriever.trace_encoder = trace
     return cfg
+
+
+def variant_config(variant: str) -> Config:
+    """threads:torch_threads[:max_wait_ms][:eager] -> the service's config (eager: retriever.trace_encoder off)."""
+    parts = variant.split(":")
+    eager = parts[-1] == "eager"
+    threads, torch_threads, *wait = parts[:-1] if eager else parts
+    return bench_config(int(threads), int(torch_threads), float(wait[0]) if wait else None, not eager)
 
 
 def queries() -> list[str]:
@@ -204,9 +213,10 @@ def main() -> None:
     p.add_argument(
         "--service",
         nargs="+",
-        default=["2:0", "1:0"],
-        help="service variants as batching.threads:batching.torch_threads[:batching.max_wait_ms] (torch threads "
-        "0 = the config's rule, cores // threads; no max wait = the config's)",
+        default=["2:0", "2:0:eager"],
+        help="service variants as batching.threads:batching.torch_threads[:batching.max_wait_ms][:eager] (torch "
+        "threads 0 = the config's rule, cores // threads; no max wait = the config's; eager = "
+        "retriever.trace_encoder off)",
     )
     p.add_argument("--repeats", type=int, default=1, help="measure every point this often, keep the best")
     p.add_argument("--out", default="")
@@ -216,8 +226,7 @@ def main() -> None:
     p.add_argument("--variant", default="1:0")
     a = p.parse_args()
     if a.serve:
-        threads, torch_threads, *wait = a.variant.split(":")
-        cfg = bench_config(int(threads), int(torch_threads), float(wait[0]) if wait else None)
+        cfg = variant_config(a.variant)
         serve_baseline(cfg, a.port) if a.serve == "baseline" else serve_service(cfg, a.port, a.http_port)
         return
 
@@ -283,10 +292,10 @@ def table(
         "# Retriever throughput (bench/retriever_throughput.py)",
         "",
         f"Commit {commit.stdout.strip()}, {os.cpu_count()} CPUs, {seconds:.0f} s per point, demo-world corpus "
-        f"(2535 passages, FAISS Flat), all-MiniLM-L6-v2, k=3; load average before {load_before}, after "
-        f"{load_after}. C closed-loop clients send B queries per request. Service variants are "
-        "batching.threads:batching.torch_threads[:batching.max_wait_ms] (0 = cores // threads); the limit is the "
-        "best of torch's default threads and 1 (threads used in brackets). Ratios are from this one run"
+        f"(2535 passages, FAISS Flat), all-MiniLM-L6-v2 (TorchScript trace: retriever.trace_encoder, in the limit "
+        f"and the baseline too), k=3; load average before {load_before}, after {load_after}. C closed-loop clients "
+        "send B queries per request. Service variants are batching.threads:batching.torch_threads"
+        "[:batching.max_wait_ms][:eager] (0 = cores // threads; eager = the untraced model); the limit is the best of torch's default threads and 1 (threads used in brackets). Ratios are from this one run"
         + (f", each point the best of {repeats}." if repeats > 1 else "."),
         "",
         "Queries/s:",

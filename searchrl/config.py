@@ -267,6 +267,12 @@ class RetrieverConfig(_Section):
     )
     passage_prefix: str = Field("", description="Prefix for passages (e5: 'passage: ').")
     embed_batch_size: int = Field(64, ge=1)
+    trace_encoder: bool = Field(
+        True,
+        description="On CPU, run the embedder's transformer as a TorchScript trace, checked against the eager "
+        "model at load (a model whose trace differs stays eager, with a warning). The trace encodes faster "
+        "and releases the GIL, so the server's threads keep feeding the batcher while it encodes.",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_batch: int = Field(512, ge=1, description="Most queries in one Search request.")
     max_top_k: int = Field(50, ge=1)

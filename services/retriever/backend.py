@@ -159,6 +159,7 @@ def make_embedder(cfg: Config) -> Embedder:
         rc.passage_prefix,
         device=device_for(cfg),
         batch_size=rc.embed_batch_size,
+        trace=rc.trace_encoder,
     )
 
 

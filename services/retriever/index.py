@@ -45,7 +45,8 @@ META_FILE = "meta.json"
 
 
 class Embedder:
-    """sentence-transformers encoder with an optional query instruction / passage prefix (bge, e5)."""
+    """sentence-transformers encoder with an optional query instruction / passage prefix (bge, e5). With `trace`
+    on CPU its transformer runs as a checked TorchScript trace (traced.py); `traced` says whether it does."""
 
     def __init__(
         self,
@@ -55,6 +56,7 @@ class Embedder:
         passage_prefix: str = "",
         device: str = "cpu",
         batch_size: int = 64,
+        trace: bool = False,
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
@@ -65,6 +67,21 @@ class Embedder:
         self.passage_prefix = passage_prefix
         self.batch_size = batch_size
         self.dim = int(self.model.get_embedding_dimension())
+        self.traced = False
+        if trace and device == "cpu":
+            from searchrl_retriever.traced import trace_transformer
+
+            # different lengths, one past the model's maximum (truncated to it), with the prefixes in use
+            long = "retrieval " * (4 * (self.model.max_seq_length or 512))
+            probes = [
+                query_instruction + "who wrote it",
+                passage_prefix + long,
+                query_instruction + "when " * 20,
+            ]
+            reason = trace_transformer(self.model, probes)
+            self.traced = reason is None
+            if reason:
+                log.warning("retriever.trace_encoder: %s keeps the eager model: %s", name, reason)
 
     def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
         vecs = self.model.encode(
