@@ -18,6 +18,7 @@ eager forward. The traced module is shared by concurrent callers (TorchScript in
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Any
 
@@ -61,12 +62,20 @@ def trace_transformer(model: Any, probes: list[str]) -> str | None:
         def forward(self, *tensors: torch.Tensor) -> Any:
             return dict(self.hf(**dict(zip(names, tensors, strict=True)), **constants))
 
+    hf_log = logging.getLogger("transformers")
+    level = hf_log.level
     try:
+        # quiet: the deprecation notice, tracer warnings about Python values, and transformers' notes on the
+        # attributes the tracer reads (loss_type); the checks below replace the tracer's own (check_trace)
         with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the deprecation notice and tracer warnings about Python values
-            traced = torch.jit.trace(Positional().eval(), tuple(seen[k] for k in names), strict=False)
+            warnings.simplefilter("ignore")
+            hf_log.setLevel(logging.ERROR)
+            example = tuple(seen[k] for k in names)
+            traced = torch.jit.trace(Positional().eval(), example, strict=False, check_trace=False)
     except Exception as e:  # noqa: BLE001 - any model that cannot be traced stays eager
         return f"tracing failed: {type(e).__name__}: {e}"[:300]
+    finally:
+        hf_log.setLevel(level)
 
     def forward(**kwargs: Any) -> Any:
         if set(kwargs) - set(constants) != set(names) or any(kwargs[k] != v for k, v in constants.items()):
