@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,8 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+
+from searchrl.redisio import free_port
 
 # R1-Searcher's judge prompt, verbatim (the trailing "\n    " is the seed's: its triple-quoted string ends so).
 _PROMPT = (
@@ -121,12 +122,6 @@ class JudgeClient:
             return list(pool.map(self.complete, prompts))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -153,7 +148,7 @@ def local_judge_server(
 ) -> Iterator[str]:
     """vLLM's OpenAI server on `model_path` at a free loopback port, for the `with` block; yields its /v1 URL.
     CPU boxes need VLLM_CPU_KVCACHE_SPACE (DESIGN.md section 2): 1 GiB unless the caller's env sets it."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
     cmd = [
         sys.executable,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import secrets
 import shutil
 import socket
@@ -29,10 +30,50 @@ from searchrl.proc import die_with_parent
 log = logging.getLogger(__name__)
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
+    """A TCP port free on every interface now, for a server this process starts a little later; never the same
+    port twice in one process.
+
+    Chosen below the kernel's ephemeral range (net.ipv4.ip_local_port_range) when one is free there. A port from
+    bind(0) lies inside that range, where any process's outgoing connection or own bind(0) (vLLM's and
+    torch.distributed's rendezvous sockets do both) can take it before our server binds it: a run failed that way
+    ("cannot bind gRPC port"). A port below the range is only ever taken by an explicit bind. Falls back to
+    bind(0) when 64 tries below the range find nothing free."""
+    low = ephemeral_low()
+    rng = random.SystemRandom()
+    for _ in range(64 if low > 2048 else 0):
+        port = rng.randint(max(1024, low - 16384), low - 1)
+        if port not in _PORTS_GIVEN and _bindable(port):
+            break
+    else:
+        while True:
+            with socket.socket() as s:
+                s.bind(("", 0))
+                port = s.getsockname()[1]
+            if port not in _PORTS_GIVEN:
+                break
+    _PORTS_GIVEN.add(port)
+    return port
+
+
+def ephemeral_low() -> int:
+    """The lowest port the kernel hands out for bind(0) and outgoing connections (32768 where it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("", port))
+        except OSError:
+            return False
+    return True
 
 
 def redis_server_binary() -> str:
