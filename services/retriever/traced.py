@@ -78,7 +78,7 @@ def trace_transformer(model: Any, probes: list[str]) -> str | None:
         hf_log.setLevel(level)
 
     def forward(**kwargs: Any) -> Any:
-        if set(kwargs) - set(constants) != set(names) or any(kwargs[k] != v for k, v in constants.items()):
+        if set(kwargs) != set(names) | set(constants) or any(kwargs[k] != v for k, v in constants.items()):
             return eager_forward(**kwargs)
         return traced(*(kwargs[k] for k in names))
 
