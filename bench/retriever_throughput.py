@@ -295,7 +295,8 @@ def table(
         f"(2535 passages, FAISS Flat), all-MiniLM-L6-v2 (TorchScript trace: retriever.trace_encoder, in the limit "
         f"and the baseline too), k=3; load average before {load_before}, after {load_after}. C closed-loop clients "
         "send B queries per request. Service variants are batching.threads:batching.torch_threads"
-        "[:batching.max_wait_ms][:eager] (0 = cores // threads; eager = the untraced model); the limit is the best of torch's default threads and 1 (threads used in brackets). Ratios are from this one run"
+        "[:batching.max_wait_ms][:eager] (0 = cores // threads; eager = the untraced model); the limit is the best "
+        "of torch's default threads and 1 (threads used in brackets). Ratios are from this one run"
         + (f", each point the best of {repeats}." if repeats > 1 else "."),
         "",
         "Queries/s:",
