@@ -77,18 +77,23 @@ def trace_transformer(model: Any, probes: list[str]) -> str | None:
     finally:
         hf_log.setLevel(level)
 
+    keys = set(names) | set(constants)
+
     def forward(**kwargs: Any) -> Any:
-        if set(kwargs) != set(names) | set(constants) or any(kwargs[k] != v for k, v in constants.items()):
+        if kwargs.keys() != keys or any(kwargs[k] != v for k, v in constants.items()):
             return eager_forward(**kwargs)
         return traced(*(kwargs[k] for k in names))
 
     hf.forward = forward
     try:
         error = max(float(np.abs(g - e).max()) for g, e in zip(encode_all(), expected, strict=True))
+        reason = (
+            None
+            if error <= TOLERANCE
+            else f"the traced model's embeddings differ from the eager ones by {error:.2g}"
+        )
     except Exception as e:  # noqa: BLE001
-        del hf.forward
-        return f"the traced model failed: {type(e).__name__}: {e}"[:300]
-    if not error <= TOLERANCE:
-        del hf.forward
-        return f"the traced model's embeddings differ from the eager ones by {error:.2g}"
-    return None
+        reason = f"the traced model failed: {type(e).__name__}: {e}"[:300]
+    if reason:
+        del hf.forward  # the eager forward again
+    return reason
